@@ -1,0 +1,236 @@
+"""Engine factory: an `AsyncLLM` with the steering plugin active, vector loading and steered generation.
+
+The server uses this and nothing below it. Per request it (1) waits for admission of the config, (2) makes
+sure every vector the config names is loaded in every worker (collective RPC, once per content hash),
+(3) puts the resolved spec into `SamplingParams.extra_args` and (4) salts the prefix cache with the config
+hash, so steered KV is never shared with other configs or with unsteered requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from steering.admission import ConfigAdmission
+from steering.config import ADDITIONAL_CONFIG_KEY, SUPPORTED_ARCHITECTURES, EngineSteeringConfig
+from steering.errors import UnsupportedModelError
+from steering.spec import ModelShape, ResolvedSpec, SteeringTerm, VectorLookup, resolve_spec
+from steering.vectors import SteeringVector
+
+logger = logging.getLogger("steerserve.engine")
+
+Prompt = str | Sequence[int]
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Engine pass-through settings (a subset of vLLM's engine args) plus steering table sizes."""
+
+    model: str
+    served_model_name: str | None = None
+    steering: EngineSteeringConfig | None = EngineSteeringConfig()  # None: plain vLLM (benchmark baseline)
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    enforce_eager: bool = False
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    enable_prefix_caching: bool = True
+    seed: int = 0
+    log_stats: bool = True  # vLLM's own engine metrics (vllm:*), exported next to ours
+    extra: tuple[tuple[str, Any], ...] = ()  # further vLLM engine args, by name
+
+
+def model_shape(model: str, require_supported: bool = True) -> ModelShape:
+    """Read the model's config in the API process; refuse architectures the plugin cannot steer."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model)
+    text_config = getattr(config, "text_config", None) or config
+    architectures = tuple(getattr(config, "architectures", None) or ())
+    if require_supported and not any(arch in SUPPORTED_ARCHITECTURES for arch in architectures):
+        raise UnsupportedModelError(
+            f"steering supports {', '.join(SUPPORTED_ARCHITECTURES)}; {model} is {', '.join(architectures) or '?'}"
+        )
+    return ModelShape(
+        num_layers=int(text_config.num_hidden_layers),
+        hidden_size=int(text_config.hidden_size),
+        vocab_size=int(text_config.vocab_size),
+        architecture=architectures[0] if architectures else "",
+        name=model,
+    )
+
+
+def engine_args(settings: EngineSettings) -> Any:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    kwargs: dict[str, Any] = dict(
+        model=settings.model,
+        served_model_name=settings.served_model_name,
+        dtype=settings.dtype,
+        max_model_len=settings.max_model_len,
+        enforce_eager=settings.enforce_eager,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        pipeline_parallel_size=settings.pipeline_parallel_size,
+        enable_prefix_caching=settings.enable_prefix_caching,
+        seed=settings.seed,
+    )
+    if settings.max_num_seqs is not None:
+        kwargs["max_num_seqs"] = settings.max_num_seqs
+    if settings.max_num_batched_tokens is not None:
+        kwargs["max_num_batched_tokens"] = settings.max_num_batched_tokens
+    kwargs.update(dict(settings.extra))
+    if settings.steering is not None:
+        from steering.vllm_plugin.worker import WORKER_EXTENSION
+
+        kwargs["worker_extension_cls"] = WORKER_EXTENSION
+        # additional_config is hashed into vLLM's compile-cache key: artifacts built with different plugin
+        # versions or table sizes never load for each other.
+        kwargs["additional_config"] = {ADDITIONAL_CONFIG_KEY: settings.steering.to_dict()}
+    return AsyncEngineArgs(**kwargs)
+
+
+class SteeringEngine:
+    """One vLLM `AsyncLLM` plus the steering bookkeeping of the API process."""
+
+    def __init__(self, llm: Any, settings: EngineSettings, shape: ModelShape, tokenizer: Any) -> None:
+        self.llm = llm
+        self.settings = settings
+        self.shape = shape
+        self.tokenizer = tokenizer
+        steering = settings.steering
+        self.steering_enabled = steering is not None
+        self.limits = steering.limits if steering is not None else None
+        self.admission = ConfigAdmission(steering.max_configs if steering is not None else 1)
+        self._loaded: OrderedDict[str, None] = OrderedDict()
+        self._vector_refs: dict[str, int] = {}  # vectors used by requests in flight: never dropped
+        self._load_lock = asyncio.Lock()
+        self.max_loaded_vectors = 4096
+
+    @classmethod
+    def create(cls, settings: EngineSettings) -> SteeringEngine:
+        """Start the engine (call inside a running event loop; vLLM on CPU spawns processes: guard __main__)."""
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        shape = model_shape(settings.model, require_supported=settings.steering is not None)
+        vllm_config = engine_args(settings).create_engine_config()
+        if settings.steering is not None:
+            from steering.vllm_plugin.runner import unsupported_mode
+
+            reason = unsupported_mode(vllm_config)
+            if reason is not None:
+                raise UnsupportedModelError(f"steerserve cannot steer with {reason}")
+        llm = AsyncLLM.from_vllm_config(vllm_config, disable_log_stats=not settings.log_stats)
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(settings.model)
+        return cls(llm, settings, shape, tokenizer)
+
+    # ---- steering specs -----------------------------------------------------------------------------------
+    def encode_single_token(self, text: str) -> list[int]:
+        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
+        return ids
+
+    def resolve(self, terms: Sequence[SteeringTerm], lookup: VectorLookup) -> ResolvedSpec:
+        """Validate terms against the registry and this model (raises `SteeringError` with the field named)."""
+        if self.limits is None:
+            raise UnsupportedModelError("this engine was started without steering")
+        return resolve_spec(terms, lookup, self.shape, self.limits, self.encode_single_token)
+
+    async def load_vectors(self, vectors: Iterable[SteeringVector]) -> None:
+        """Load directions into every worker once per content hash (idempotent)."""
+        missing = {v.sha256: v for v in vectors if v.sha256 not in self._loaded}
+        if not missing:
+            return
+        async with self._load_lock:
+            missing = {sha: v for sha, v in missing.items() if sha not in self._loaded}
+            if missing:
+                payload = [
+                    {
+                        "sha256": sha,
+                        "layers": {int(k): np.asarray(d, dtype="<f4").tobytes() for k, d in v.layers.items()},
+                    }
+                    for sha, v in missing.items()
+                ]
+                await self.llm.collective_rpc("steerserve_load_vectors", args=(payload,))
+                self._loaded.update(dict.fromkeys(missing))
+            await self._evict_idle_vectors()
+
+    async def _evict_idle_vectors(self) -> None:
+        excess = len(self._loaded) - self.max_loaded_vectors
+        if excess <= 0:
+            return
+        in_use = self._vector_refs
+        victims = [sha for sha in self._loaded if sha not in in_use][:excess]
+        if victims:
+            await self.llm.collective_rpc("steerserve_drop_vectors", args=(victims,))
+            for sha in victims:
+                self._loaded.pop(sha, None)
+
+    async def worker_stats(self) -> list[dict[str, Any]]:
+        stats: list[dict[str, Any]] = await self.llm.collective_rpc("steerserve_stats")
+        return stats
+
+    # ---- generation ---------------------------------------------------------------------------------------
+    async def generate(
+        self,
+        prompt: Prompt,
+        sampling_params: Any,
+        request_id: str,
+        steering: ResolvedSpec | None = None,
+        cache_salt: str | None = None,
+    ) -> AsyncIterator[Any]:
+        """Stream `RequestOutput`s; a steered request waits here while all config slots are taken."""
+        spec = steering if steering is not None and not steering.is_noop else None
+        if spec is not None and not self.steering_enabled:
+            raise UnsupportedModelError("this engine was started without steering")
+        key = spec.config_hash if spec is not None else None
+        async with self.admission.admit(key):
+            inputs: dict[str, Any] = {"prompt": prompt} if isinstance(prompt, str) else {
+                "prompt_token_ids": list(prompt)
+            }
+            salt = cache_salt
+            if spec is not None:
+                vectors = [t.vector for t in spec.terms if t.vector is not None]
+                held = set(spec.vector_hashes)
+                self._hold(held)
+                try:
+                    await self.load_vectors(vectors)
+                    params = sampling_params.clone()
+                    params.extra_args = {**(params.extra_args or {}), "steerserve": spec.engine_payload()}
+                    salt = f"steer:{spec.config_hash}" + (f"|{cache_salt}" if cache_salt else "")
+                    if salt:
+                        inputs["cache_salt"] = salt
+                    async for output in self.llm.generate(inputs, params, request_id):
+                        yield output
+                finally:
+                    self._release(held)
+                return
+            if salt:
+                inputs["cache_salt"] = salt
+            async for output in self.llm.generate(inputs, sampling_params, request_id):
+                yield output
+
+    def _hold(self, hashes: set[str]) -> None:
+        for sha in hashes:
+            self._vector_refs[sha] = self._vector_refs.get(sha, 0) + 1
+
+    def _release(self, hashes: set[str]) -> None:
+        for sha in hashes:
+            self._vector_refs[sha] -= 1
+            if self._vector_refs[sha] <= 0:
+                del self._vector_refs[sha]
+
+    async def abort(self, request_id: str) -> None:
+        await self.llm.abort(request_id)
+
+    def shutdown(self) -> None:
+        self.llm.shutdown()
+

@@ -1,0 +1,299 @@
+"""Steering spec: the terms a request carries, their validation, resolution and canonical hash.
+
+Importable without torch or vLLM. A request's terms are *resolved* against the vector registry and the served
+model into a `ResolvedSpec`: every default filled in, layers made non-negative, trigger strings turned into
+token ids, vectors named by content hash. Its `config_hash` identifies the steering for slot sharing and for
+salting the prefix cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from steering.errors import InvalidSteeringError, UnknownVectorError
+from steering.vectors import SteeringVector
+
+Op = Literal["add", "project", "clamp"]
+Site = Literal["residual", "mlp", "attn"]
+PositionMode = Literal["all", "prompt", "generated", "last_prompt"]
+
+OPS: tuple[str, ...] = ("add", "project", "clamp")
+SITES: tuple[str, ...] = ("residual", "mlp", "attn")
+POSITION_MODES: tuple[str, ...] = ("all", "prompt", "generated", "last_prompt", "tokens")
+
+VECTOR_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+_VECTOR_REF = re.compile(rf"^(?P<id>{VECTOR_ID_PATTERN})(?:@(?P<version>[1-9][0-9]{{0,8}}))?$")
+
+
+class TokenPositions(BaseModel):
+    """Steer only where the input token is one of these (ids, or strings that encode to one token)."""
+
+    model_config = ConfigDict(extra="forbid")
+    tokens: list[Union[int, str]] = Field(min_length=1)
+
+
+class SteeringTerm(BaseModel):
+    """One term of a request's steering; unset fields take the vector's stored defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vector: str = Field(description="Vector id, optionally pinned to a version: `id` or `id@3`.")
+    strength: float | None = Field(default=None, description="Scale s of the op (see README formulas).")
+    layers: list[int] | None = Field(
+        default=None, description="Decoder blocks (0-based output index; negative counts from the end)."
+    )
+    op: Op | None = None
+    site: Site | None = None
+    positions: PositionMode | TokenPositions | None = None
+
+    @field_validator("vector")
+    @classmethod
+    def _check_ref(cls, value: str) -> str:
+        if not _VECTOR_REF.match(value):
+            raise ValueError("must be `<id>` or `<id>@<version>`; ids use letters, digits, '.', '_', '-'")
+        return value
+
+    @field_validator("strength")
+    @classmethod
+    def _check_finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+
+def parse_vector_ref(ref: str) -> tuple[str, int | None]:
+    """Split `id[@version]`."""
+    match = _VECTOR_REF.match(ref)
+    if match is None:
+        raise InvalidSteeringError(f"invalid vector reference {ref!r}", param="steering.vector")
+    version = match.group("version")
+    return match.group("id"), int(version) if version else None
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the spec needs to know about the served model."""
+
+    num_layers: int
+    hidden_size: int
+    vocab_size: int
+    architecture: str = ""
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class SteeringLimits:
+    """Bounds a request's steering must respect; the engine's tables are sized from the same numbers."""
+
+    max_strength: float = 1000.0
+    max_terms: int = 16
+    max_terms_per_site: int = 4
+    max_trigger_tokens: int = 8
+
+
+@dataclass(frozen=True)
+class ResolvedTerm:
+    """A term with every field decided; vectors named by id/version for humans and sha256 for the engine."""
+
+    vector_id: str
+    version: int
+    sha256: str
+    strength: float
+    layers: tuple[int, ...]
+    op: str
+    site: str
+    positions: str
+    tokens: tuple[int, ...] = ()
+    vector: SteeringVector | None = field(default=None, compare=False, repr=False)  # for loading into workers
+
+    def canonical(self) -> dict[str, Any]:
+        return {
+            "sha256": self.sha256,
+            "strength": repr(float(self.strength)),
+            "layers": list(self.layers),
+            "op": self.op,
+            "site": self.site,
+            "positions": self.positions,
+            "tokens": list(self.tokens),
+        }
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "vector": self.vector_id,
+            "version": self.version,
+            "strength": self.strength,
+            "layers": list(self.layers),
+            "op": self.op,
+            "site": self.site,
+            "positions": {"tokens": list(self.tokens)} if self.positions == "tokens" else self.positions,
+        }
+
+
+@dataclass(frozen=True)
+class ResolvedSpec:
+    """The resolved, ordered terms of one request; empty means unsteered."""
+
+    terms: tuple[ResolvedTerm, ...]
+    config_hash: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        blob = json.dumps([t.canonical() for t in self.terms], sort_keys=True, separators=(",", ":"))
+        object.__setattr__(self, "config_hash", hashlib.sha256(blob.encode()).hexdigest()[:32])
+
+    @property
+    def is_noop(self) -> bool:
+        return not self.terms
+
+    @property
+    def vector_hashes(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(t.sha256 for t in self.terms))
+
+    def engine_payload(self) -> dict[str, Any]:
+        """The JSON-able form that travels in `SamplingParams.extra_args` (hashes, no names)."""
+        return {"hash": self.config_hash, "terms": [t.canonical() for t in self.terms]}
+
+    def describe(self) -> dict[str, Any]:
+        return {"config_hash": self.config_hash, "terms": [t.describe() for t in self.terms]}
+
+
+VectorLookup = Callable[[str, int | None], SteeringVector]
+TokenEncoder = Callable[[str], list[int]]
+
+
+def resolve_spec(
+    terms: Sequence[SteeringTerm],
+    lookup: VectorLookup,
+    model: ModelShape,
+    limits: SteeringLimits = SteeringLimits(),
+    encode: TokenEncoder | None = None,
+) -> ResolvedSpec:
+    """Validate `terms` against the registry (`lookup`), the model and `limits`; raise a `SteeringError`."""
+    if len(terms) > limits.max_terms:
+        raise InvalidSteeringError(
+            f"at most {limits.max_terms} steering terms are allowed, got {len(terms)}", param="steering"
+        )
+    resolved: list[ResolvedTerm] = []
+    for index, term in enumerate(terms):
+        item = _resolve_term(term, f"steering[{index}]", lookup, model, limits, encode)
+        if item is not None:
+            resolved.append(item)
+    per_site = Counter((layer, t.site) for t in resolved for layer in t.layers)
+    for (layer, site), count in per_site.items():
+        if count > limits.max_terms_per_site:
+            raise InvalidSteeringError(
+                f"{count} terms steer layer {layer} at site {site!r}; at most {limits.max_terms_per_site} "
+                "may share one layer and site",
+                param="steering",
+            )
+    return ResolvedSpec(tuple(resolved))
+
+
+def _resolve_term(
+    term: SteeringTerm,
+    where: str,
+    lookup: VectorLookup,
+    model: ModelShape,
+    limits: SteeringLimits,
+    encode: TokenEncoder | None,
+) -> ResolvedTerm | None:
+    vector_id, version = parse_vector_ref(term.vector)
+    try:
+        vector = lookup(vector_id, version)
+    except KeyError:
+        pinned = f" version {version}" if version is not None else ""
+        raise UnknownVectorError(f"unknown steering vector {vector_id!r}{pinned}", param=f"{where}.vector") from None
+    if vector.hidden_size != model.hidden_size:
+        raise InvalidSteeringError(
+            f"vector {vector_id!r} has hidden size {vector.hidden_size}, the model has {model.hidden_size}",
+            param=f"{where}.vector",
+        )
+    defaults = vector.defaults
+    strength = float(term.strength if term.strength is not None else defaults.strength)
+    if not math.isfinite(strength) or abs(strength) > limits.max_strength:
+        raise InvalidSteeringError(
+            f"strength must be finite with |strength| <= {limits.max_strength:g}, got {strength!r}",
+            param=f"{where}.strength",
+        )
+    op = term.op or defaults.op
+    site = term.site or defaults.site
+    if op not in OPS or site not in SITES:
+        raise InvalidSteeringError(f"vector {vector_id!r} stores an unknown op or site default", param=where)
+    layers = _resolve_layers(term.layers, vector, model, f"{where}.layers")
+    positions, tokens = _resolve_positions(term.positions or defaults.positions, model, limits, encode, where)
+    if strength == 0.0 and op in ("add", "project"):
+        return None  # the identity: dropping it lets zero-strength arms share the unsteered cache
+    return ResolvedTerm(
+        vector_id, vector.version, vector.sha256, strength, layers, op, site, positions, tokens, vector
+    )
+
+
+def _resolve_layers(
+    asked: list[int] | tuple[int, ...] | None, vector: SteeringVector, model: ModelShape, param: str
+) -> tuple[int, ...]:
+    if asked is None:
+        asked = list(vector.defaults.layers) if vector.defaults.layers is not None else sorted(vector.layers)
+    if not asked:
+        raise InvalidSteeringError("layers must not be empty", param=param)
+    layers: list[int] = []
+    for layer in asked:
+        if not -model.num_layers <= layer < model.num_layers:
+            raise InvalidSteeringError(
+                f"layer {layer} does not exist: the model has {model.num_layers} layers "
+                f"(0..{model.num_layers - 1}, or negative from the end)",
+                param=param,
+            )
+        absolute = layer % model.num_layers
+        if absolute not in vector.layers:
+            raise InvalidSteeringError(
+                f"vector {vector.id!r} has no direction for layer {absolute}; it covers {sorted(vector.layers)}",
+                param=param,
+            )
+        if absolute not in layers:
+            layers.append(absolute)
+    return tuple(sorted(layers))
+
+
+def _resolve_positions(
+    positions: str | TokenPositions,
+    model: ModelShape,
+    limits: SteeringLimits,
+    encode: TokenEncoder | None,
+    where: str,
+) -> tuple[str, tuple[int, ...]]:
+    if isinstance(positions, str):
+        if positions not in POSITION_MODES or positions == "tokens":
+            raise InvalidSteeringError(f"unknown positions mode {positions!r}", param=f"{where}.positions")
+        return positions, ()
+    if len(positions.tokens) > limits.max_trigger_tokens:
+        raise InvalidSteeringError(
+            f"at most {limits.max_trigger_tokens} trigger tokens per term", param=f"{where}.positions.tokens"
+        )
+    ids: list[int] = []
+    for token in positions.tokens:
+        if isinstance(token, int):
+            if not 0 <= token < model.vocab_size:
+                raise InvalidSteeringError(
+                    f"token id {token} is outside the vocabulary (0..{model.vocab_size - 1})",
+                    param=f"{where}.positions.tokens",
+                )
+            ids.append(token)
+            continue
+        if encode is None:
+            raise InvalidSteeringError("string trigger tokens need the served tokenizer", param=f"{where}.positions")
+        encoded = encode(token)
+        if len(encoded) != 1:
+            raise InvalidSteeringError(
+                f"trigger {token!r} encodes to {len(encoded)} tokens {encoded}; it must be exactly one token",
+                param=f"{where}.positions.tokens",
+            )
+        ids.append(encoded[0])
+    return "tokens", tuple(sorted(set(ids)))

@@ -1,0 +1,74 @@
+"""Steering vectors: one direction per covered layer, immutable, identified by a content hash."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from steering.errors import InvalidSteeringError
+
+Float32Array = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class VectorDefaults:
+    """Values a term takes when it leaves a field unset."""
+
+    strength: float = 1.0
+    op: str = "add"
+    site: str = "residual"
+    positions: str = "all"
+    layers: tuple[int, ...] | None = None  # None: every layer the vector covers
+
+
+@dataclass(frozen=True)
+class SteeringVector:
+    """A versioned steering vector: `layers[L]` is the direction for decoder block L (0-based)."""
+
+    id: str
+    layers: Mapping[int, Float32Array]
+    version: int = 1
+    defaults: VectorDefaults = field(default_factory=VectorDefaults)
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise InvalidSteeringError(f"vector {self.id!r} covers no layer", param="layers")
+        sizes = {int(v.shape[-1]) for v in self.layers.values()}
+        if len(sizes) != 1 or any(v.ndim != 1 for v in self.layers.values()):
+            raise InvalidSteeringError(
+                f"vector {self.id!r}: every layer must hold a 1-D direction of one size", param="layers"
+            )
+        for layer, data in self.layers.items():
+            if data.dtype != np.float32:
+                raise InvalidSteeringError(f"vector {self.id!r}: layer {layer} is not float32", param="layers")
+            if not np.isfinite(data).all():
+                raise InvalidSteeringError(
+                    f"vector {self.id!r}: layer {layer} holds NaN or Inf", param=f"layers.{layer}"
+                )
+            if not math.isfinite(float(np.linalg.norm(data))) or not np.any(data):
+                raise InvalidSteeringError(
+                    f"vector {self.id!r}: layer {layer} is zero or overflows", param=f"layers.{layer}"
+                )
+
+    @property
+    def hidden_size(self) -> int:
+        return int(next(iter(self.layers.values())).shape[-1])
+
+    @property
+    def sha256(self) -> str:
+        """Content hash over (layer, little-endian float32 bytes), in layer order; names do not enter it."""
+        return content_hash(self.layers)
+
+
+def content_hash(layers: Mapping[int, Float32Array]) -> str:
+    digest = hashlib.sha256()
+    for layer in sorted(layers):
+        data = np.ascontiguousarray(layers[layer], dtype="<f4")
+        digest.update(f"{layer}:{data.shape[0]}:".encode())
+        digest.update(data.tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,115 @@
+"""Install the steering op into the decoder layers of one loaded model instance.
+
+Patching is per instance (class swap on the target model's own layers), never on the layer class globally,
+so a draft model that reuses the class is untouched. vLLM's split residual form: a decoder layer returns
+(h, r) and the stream after block L is h + r; the returned h is block L's MLP output.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from steering.config import SUPPORTED_ARCHITECTURES
+from steering.errors import UnsupportedModelError
+from steering.ops import steering_delta
+from steering.vllm_plugin.state import SteeringState
+
+SUPPORTED_LAYER_CLASSES = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer")
+
+_STEERED_CLASSES: dict[type, type] = {}
+
+
+def decoder_layers(model: nn.Module) -> list[tuple[int, nn.Module]]:
+    """(global index, layer) for the layers this rank holds; raise for architectures we do not support."""
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise UnsupportedModelError(
+            f"steering supports {', '.join(SUPPORTED_ARCHITECTURES)}; {type(model).__name__} has no decoder layers"
+        )
+    found: list[tuple[int, nn.Module]] = []
+    for index, layer in enumerate(layers):
+        if type(layer).__name__ == "PPMissingLayer":
+            continue  # held by another pipeline stage
+        if not _is_supported(type(layer)):
+            raise UnsupportedModelError(
+                f"steering supports {', '.join(SUPPORTED_LAYER_CLASSES)} layers, not {type(layer).__name__}"
+            )
+        found.append((index, layer))
+    return found
+
+
+def _is_supported(cls: type) -> bool:
+    return any(base.__name__ in SUPPORTED_LAYER_CLASSES for base in cls.__mro__)
+
+
+def install(layers: list[tuple[int, nn.Module]], state: SteeringState) -> None:
+    """Swap each layer (and its attention for site 'attn') to a steered subclass that reads `state`'s tables."""
+    for index, layer in layers:
+        if getattr(layer, "_steerserve_installed", False):
+            continue
+        _attach_tables(layer, state, index, ("mlp", "residual"))
+        layer.__class__ = _steered_class(type(layer), _layer_forward)
+        if "attn" in state.config.sites:
+            attn = layer.self_attn
+            _attach_tables(attn, state, index, ("attn",))
+            attn.__class__ = _steered_class(type(attn), _attn_forward)
+        layer._steerserve_installed = True
+
+
+def _attach_tables(module: nn.Module, state: SteeringState, layer: int, sites: tuple[str, ...]) -> None:
+    module.register_buffer("steer_token_slot", state.token_slot, persistent=False)
+    module.register_buffer("steer_token_gate", state.token_gate, persistent=False)
+    installed: list[str] = []
+    for site in sites:
+        tables = state.tables.get((layer, site))
+        if tables is None:
+            continue
+        module.register_buffer(f"steer_{site}_directions", tables.directions, persistent=False)
+        module.register_buffer(f"steer_{site}_coefficients", tables.coefficients, persistent=False)
+        module.register_buffer(f"steer_{site}_term_index", tables.term_index, persistent=False)
+        installed.append(site)
+    module._steer_sites = tuple(installed)  # fixed at start-up: a trace-time constant, not per-batch state
+
+
+def _delta(module: nn.Module, site: str, x: torch.Tensor) -> torch.Tensor:
+    return steering_delta(
+        x,
+        module.steer_token_slot,
+        module.steer_token_gate,
+        getattr(module, f"steer_{site}_directions"),
+        getattr(module, f"steer_{site}_coefficients"),
+        getattr(module, f"steer_{site}_term_index"),
+    )
+
+
+def _layer_forward(self: nn.Module, base: type, *args: Any, **kwargs: Any) -> Any:
+    hidden, residual = base.forward(self, *args, **kwargs)
+    sites = self._steer_sites
+    if "mlp" in sites:
+        hidden = hidden + _delta(self, "mlp", hidden)
+    if "residual" in sites:
+        hidden = hidden + _delta(self, "residual", hidden + residual)
+    return hidden, residual
+
+
+def _attn_forward(self: nn.Module, base: type, *args: Any, **kwargs: Any) -> Any:
+    out = base.forward(self, *args, **kwargs)
+    if "attn" in self._steer_sites:
+        out = out + _delta(self, "attn", out)
+    return out
+
+
+def _steered_class(base: type, forward: Any) -> type:
+    steered = _STEERED_CLASSES.get(base)
+    if steered is None:
+
+        def steered_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+            return forward(self, base, *args, **kwargs)
+
+        steered = type(f"Steered{base.__name__}", (base,), {"forward": steered_forward})
+        _STEERED_CLASSES[base] = steered
+    return steered

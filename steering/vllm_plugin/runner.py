@@ -1,0 +1,208 @@
+"""Runner hooks: build steering state after the model loads, track requests, write per-token slots each step.
+
+Two runners exist in vLLM 0.32 and the one in use is picked at run time by vLLM itself:
+- V1 (`v1/worker/gpu_model_runner.GPUModelRunner`, and the CPU runner that subclasses it): requests are
+  kept in `runner.requests`; we hook `_prepare_inputs` (batch layout final) and `_on_request_state_removed`.
+- Model Runner V2 (`v1/worker/gpu/model_runner.GPUModelRunner`, default on GPUs with Triton): requests enter
+  in `add_requests` (the only place `extra_args` is visible), leave in `_remove_request` (finish and
+  preemption), and `prepare_inputs` returns the step's `InputBatch`.
+Each hook wraps the original method; patching is idempotent because `register()` runs in every process.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from steering.config import ADDITIONAL_CONFIG_KEY, EngineSteeringConfig
+from steering.errors import UnsupportedModelError
+from steering.vllm_plugin import layers as layer_patch
+from steering.vllm_plugin.layout import token_layout
+from steering.vllm_plugin.state import SteeringState
+
+logger = logging.getLogger("steerserve.plugin")
+STATE_ATTR = "_steerserve_state"
+
+
+def steering_config_of(vllm_config: Any) -> EngineSteeringConfig | None:
+    extra = getattr(vllm_config, "additional_config", None) or {}
+    data = extra.get(ADDITIONAL_CONFIG_KEY)
+    return EngineSteeringConfig.from_dict(data) if data else None
+
+
+def unsupported_mode(vllm_config: Any) -> str | None:
+    """Why per-token slots would be wrong in this engine configuration, or None."""
+    if getattr(vllm_config, "speculative_config", None) is not None:
+        return "speculative decoding (draft tokens and draft models would need their own slot layout)"
+    parallel = vllm_config.parallel_config
+    if getattr(parallel, "prefill_context_parallel_size", 1) > 1:
+        return "prefill context parallelism (tokens are split across ranks)"
+    if getattr(parallel, "enable_dbo", False):
+        return "dual-batch overlap (micro-batches see a slice of the step's tokens)"
+    return None
+
+
+def build_state(runner: Any) -> None:
+    """After the model loads: check the mode, size the tables, patch this runner's own decoder layers."""
+    config = steering_config_of(runner.vllm_config)
+    if config is None or getattr(runner, STATE_ATTR, None) is not None:
+        return
+    reason = unsupported_mode(runner.vllm_config)
+    if reason is not None:
+        raise UnsupportedModelError(f"steerserve cannot steer with {reason}; disable it or steering")
+    model = runner.get_model()
+    layers = layer_patch.decoder_layers(model)
+    model_config = runner.model_config
+    state = SteeringState(
+        config,
+        local_layers=[index for index, _ in layers],
+        hidden_size=model_config.get_hidden_size(),
+        max_tokens=int(runner.max_num_tokens) + 64,
+        dtype=model_config.dtype,
+        device=runner.device,
+    )
+    layer_patch.install(layers, state)
+    setattr(runner, STATE_ATTR, state)
+    logger.info("steerserve: steering %d layers at sites %s", len(layers), ",".join(config.sites))
+
+
+def state_of(runner: Any) -> SteeringState | None:
+    state: SteeringState | None = getattr(runner, STATE_ATTR, None)
+    return state
+
+
+# ---- V1 ------------------------------------------------------------------------------------------------------
+def _v1_prepare_inputs(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def wrapper(self: Any, scheduler_output: Any, num_scheduled_tokens: np.ndarray) -> Any:
+        result = original(self, scheduler_output, num_scheduled_tokens)
+        state = state_of(self)
+        if state is not None:
+            batch = self.input_batch
+            num_reqs = batch.num_reqs
+            req_ids = batch.req_ids[:num_reqs]
+            for req_id in req_ids:
+                if req_id not in state.known_requests:
+                    params = self.requests[req_id].sampling_params
+                    state.attach_request(req_id, getattr(params, "extra_args", None))
+            layout = token_layout(
+                state.slots_for(req_ids),
+                num_scheduled_tokens,
+                batch.num_computed_tokens_cpu[:num_reqs],
+                [self.requests[r].num_prompt_tokens for r in req_ids],
+            )
+            state.prepare_step(layout, self.input_ids.gpu)
+        return result
+
+    return wrapper
+
+
+def _v1_request_removed(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def wrapper(self: Any, req_id: str, req_state: Any) -> Any:
+        state = state_of(self)
+        if state is not None:
+            state.forget_request(req_id)
+        return original(self, req_id, req_state)
+
+    return wrapper
+
+
+# ---- Model Runner V2 -----------------------------------------------------------------------------------------
+def _v2_add_requests(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def wrapper(self: Any, scheduler_output: Any) -> Any:
+        result = original(self, scheduler_output)
+        state = state_of(self)
+        if state is not None:
+            for new_req in scheduler_output.scheduled_new_reqs:
+                params = new_req.sampling_params
+                state.attach_request(new_req.req_id, getattr(params, "extra_args", None))
+        return result
+
+    return wrapper
+
+
+def _v2_remove_request(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def wrapper(self: Any, req_id: str) -> Any:
+        state = state_of(self)
+        if state is not None:
+            state.forget_request(req_id)
+        return original(self, req_id)
+
+    return wrapper
+
+
+def _v2_prepare_inputs(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        input_batch = original(self, *args, **kwargs)
+        state = state_of(self)
+        if state is not None:
+            state.prepare_step(v2_layout(self, state, input_batch), input_batch.input_ids)
+        return input_batch
+
+    return wrapper
+
+
+def v2_layout(runner: Any, state: SteeringState, input_batch: Any) -> Any:
+    """The per-token layout of a V2 `InputBatch` (batch order = `req_ids`, re-sorted every step)."""
+    return token_layout(
+        state.slots_for(input_batch.req_ids),
+        input_batch.num_scheduled_tokens,
+        input_batch.num_computed_tokens_np,
+        runner.req_states.prompt_len.np[input_batch.idx_mapping_np],
+    )
+
+
+def _after_load(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
+        with torch.inference_mode(False):
+            build_state(self)
+        return result
+
+    return wrapper
+
+
+def _patch(cls: type, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    original = cls.__dict__.get(name)
+    if original is None or getattr(original, "_steerserve_patched", False):
+        return
+    wrapped = make(original)
+    wrapped._steerserve_patched = True  # type: ignore[attr-defined]
+    setattr(cls, name, wrapped)
+
+
+def patch_runners() -> None:
+    """Wrap the hook points of every runner class this vLLM has; safe to call more than once."""
+    try:
+        from vllm.v1.worker.gpu_model_runner import GPUModelRunner as V1Runner
+    except ImportError:  # pragma: no cover - depends on the installed vLLM build
+        V1Runner = None
+    if V1Runner is not None:
+        _patch(V1Runner, "load_model", _after_load)
+        _patch(V1Runner, "_prepare_inputs", _v1_prepare_inputs)
+        _patch(V1Runner, "_on_request_state_removed", _v1_request_removed)
+    try:
+        from vllm.v1.worker.cpu_model_runner import CPUModelRunner as V1CpuRunner
+    except ImportError:
+        V1CpuRunner = None
+    if V1CpuRunner is not None:
+        _patch(V1CpuRunner, "load_model", _after_load)
+    try:
+        from vllm.v1.worker.gpu.model_runner import GPUModelRunner as V2Runner
+    except ImportError:  # pragma: no cover
+        V2Runner = None
+    if V2Runner is not None:
+        _patch(V2Runner, "load_model", _after_load)
+        _patch(V2Runner, "add_requests", _v2_add_requests)
+        _patch(V2Runner, "_remove_request", _v2_remove_request)
+        _patch(V2Runner, "prepare_inputs", _v2_prepare_inputs)

@@ -1,0 +1,238 @@
+"""Per-worker steering state: the vector store, the fixed tables and the per-step token buffers.
+
+Lives in each worker process (one per TP/PP rank). Requests carry only content hashes and coefficients; the
+directions arrive once through `load_vectors` (collective RPC). Nothing here raises on a request's content:
+an exception in a worker kills the engine, so the API process validates first and this side logs and counts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from steering.config import EngineSteeringConfig
+from steering.ops import MODE_ALL, MODE_CODES, MODE_GENERATED, MODE_LAST_PROMPT, MODE_PROMPT, MODE_TOKENS
+from steering.ops import op_coefficients
+from steering.slots import SlotAllocator
+from steering.vllm_plugin.layout import TokenLayout
+
+logger = logging.getLogger("steerserve.plugin")
+
+
+@dataclass
+class SiteTables:
+    """Rows per slot for one (layer, site): K channels of direction and (c, b), plus their gate column."""
+
+    directions: torch.Tensor  # [slots + 1, K, hidden], model dtype
+    coefficients: torch.Tensor  # [slots + 1, K, 2], float32
+    term_index: torch.Tensor  # [slots + 1, K], int64
+
+
+@dataclass(frozen=True)
+class StoredDirection:
+    unit: torch.Tensor  # [hidden] float32, on the worker's device
+    norm: float
+
+
+class SteeringState:
+    """Everything one worker needs to steer its local layers."""
+
+    def __init__(
+        self,
+        config: EngineSteeringConfig,
+        local_layers: Sequence[int],
+        hidden_size: int,
+        max_tokens: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self.config = config
+        self.local_layers = tuple(local_layers)
+        self.hidden_size = hidden_size
+        self.device = device
+        self.dtype = dtype
+        limits = config.limits
+        rows = config.max_configs + 1
+        k = limits.max_terms_per_site
+        with torch.inference_mode(False):
+            self.token_slot = torch.zeros(max_tokens, dtype=torch.int64, device=device)
+            self.token_gate = torch.zeros(max_tokens, limits.max_terms, dtype=dtype, device=device)
+            self.term_mode = torch.zeros(rows, limits.max_terms, dtype=torch.int8, device=device)
+            self.term_tokens = torch.full(
+                (rows, limits.max_terms, limits.max_trigger_tokens), -1, dtype=torch.int64, device=device
+            )
+            self.tables: dict[tuple[int, str], SiteTables] = {
+                (layer, site): SiteTables(
+                    directions=torch.zeros(rows, k, hidden_size, dtype=dtype, device=device),
+                    coefficients=torch.zeros(rows, k, 2, dtype=torch.float32, device=device),
+                    term_index=torch.zeros(rows, k, dtype=torch.int64, device=device),
+                )
+                for layer in self.local_layers
+                for site in config.sites
+            }
+        self.vectors: dict[str, dict[int, StoredDirection]] = {}
+        self.allocator = SlotAllocator(config.max_configs)
+        self._request_config: dict[str, str] = {}
+        self._known: set[str] = set()
+        self._slot_uses_tokens = np.zeros(rows, dtype=bool)
+        self._dirty_tokens = 0
+        self.errors = 0
+        self.steps_steered = 0
+
+    # ---- vectors (collective RPC) -------------------------------------------------------------------------
+    def load_vectors(self, vectors: Iterable[Mapping[str, Any]]) -> int:
+        """Store directions: each item {"sha256", "layers": {layer: little-endian float32 bytes}}."""
+        count = 0
+        for item in vectors:
+            stored: dict[int, StoredDirection] = {}
+            for layer, raw in item["layers"].items():
+                data = torch.from_numpy(np.frombuffer(raw, dtype="<f4").copy())
+                norm = float(torch.linalg.vector_norm(data))
+                stored[int(layer)] = StoredDirection((data / norm).to(self.device), norm)
+            self.vectors[str(item["sha256"])] = stored
+            count += 1
+        return count
+
+    def drop_vectors(self, hashes: Iterable[str]) -> int:
+        return sum(self.vectors.pop(h, None) is not None for h in hashes)
+
+    # ---- requests -----------------------------------------------------------------------------------------
+    @property
+    def known_requests(self) -> set[str]:
+        return self._known
+
+    def attach_request(self, req_id: str, extra_args: Mapping[str, Any] | None) -> None:
+        """Give a new request its slot (or none when unsteered)."""
+        self.forget_request(req_id)
+        self._known.add(req_id)
+        payload = (extra_args or {}).get("steerserve")
+        if not payload:
+            return
+        key = str(payload["hash"])
+        grant = self.allocator.acquire(key)
+        if grant is None:
+            self.errors += 1
+            logger.error("steering: no free slot for request %s (config %s); it runs unsteered", req_id, key)
+            return
+        if grant.needs_fill and not self._fill_slot(grant.slot, payload["terms"]):
+            self.allocator.release(key)
+            self._clear_slot(grant.slot)
+            self.errors += 1
+            return
+        self._request_config[req_id] = key
+
+    def forget_request(self, req_id: str) -> None:
+        """The request finished (or, in V2, left the runner): free its claim on the slot."""
+        self._known.discard(req_id)
+        key = self._request_config.pop(req_id, None)
+        if key is not None:
+            self.allocator.release(key)
+
+    def slots_for(self, req_ids: Iterable[str | None]) -> np.ndarray:
+        slot_of = self.allocator.slot_of
+        config = self._request_config
+        return np.fromiter(
+            ((slot_of(config[r]) or 0) if r in config else 0 for r in req_ids), dtype=np.int64
+        )
+
+    @property
+    def active_requests(self) -> int:
+        return len(self._request_config)
+
+    # ---- tables -------------------------------------------------------------------------------------------
+    def _clear_slot(self, slot: int) -> None:
+        for tables in self.tables.values():
+            tables.directions[slot].zero_()
+            tables.coefficients[slot].zero_()
+            tables.term_index[slot].zero_()
+        self.term_mode[slot].zero_()
+        self.term_tokens[slot].fill_(-1)
+        self._slot_uses_tokens[slot] = False
+
+    def _fill_slot(self, slot: int, terms: Sequence[Mapping[str, Any]]) -> bool:
+        self._clear_slot(slot)
+        used: dict[tuple[int, str], int] = {}
+        limits = self.config.limits
+        for index, term in enumerate(terms):
+            stored = self.vectors.get(term["sha256"])
+            if stored is None or index >= limits.max_terms:
+                logger.error("steering: vector %s not loaded in this worker (term %d)", term["sha256"], index)
+                return False
+            mode = MODE_CODES[term["positions"]]
+            self.term_mode[slot, index] = mode
+            if mode == MODE_TOKENS:
+                tokens = list(term["tokens"])[: limits.max_trigger_tokens]
+                self.term_tokens[slot, index, : len(tokens)] = torch.tensor(tokens, dtype=torch.int64)
+                self._slot_uses_tokens[slot] = True
+            strength = float(term["strength"])
+            for layer in term["layers"]:
+                tables = self.tables.get((int(layer), term["site"]))
+                if tables is None:
+                    continue  # a layer of another pipeline stage, or a site not compiled in
+                direction = stored.get(int(layer))
+                channel = used.get((int(layer), term["site"]), 0)
+                if direction is None or channel >= limits.max_terms_per_site:
+                    logger.error("steering: term %d cannot be placed on layer %s", index, layer)
+                    return False
+                used[(int(layer), term["site"])] = channel + 1
+                c, b = op_coefficients(term["op"], strength, direction.norm)
+                tables.directions[slot, channel] = direction.unit.to(self.dtype)
+                tables.coefficients[slot, channel, 0] = c
+                tables.coefficients[slot, channel, 1] = b
+                tables.term_index[slot, channel] = index
+        return True
+
+    # ---- per step -----------------------------------------------------------------------------------------
+    def prepare_step(self, layout: TokenLayout, input_ids: torch.Tensor) -> None:
+        """Write the per-token slot and gate buffers for the step about to run (padding stays slot 0)."""
+        n = layout.num_tokens
+        steered = bool(layout.slot.any())
+        if not steered:
+            if self._dirty_tokens:
+                self.token_slot[: self._dirty_tokens].zero_()
+                self._dirty_tokens = 0
+            return
+        self.steps_steered += 1
+        slot = _to_device(layout.slot, self.device)
+        is_prompt = _to_device(layout.is_prompt, self.device).unsqueeze(1)
+        is_last = _to_device(layout.is_last_prompt, self.device).unsqueeze(1)
+        modes = self.term_mode[slot]  # [n, terms]
+        gate = (
+            (modes == MODE_ALL)
+            | ((modes == MODE_PROMPT) & is_prompt)
+            | ((modes == MODE_GENERATED) & ~is_prompt)
+            | ((modes == MODE_LAST_PROMPT) & is_last)
+        )
+        if self._slot_uses_tokens[layout.slot].any():
+            triggers = self.term_tokens[slot]  # [n, terms, max_trigger_tokens]
+            ids = input_ids[:n].to(torch.int64).view(n, 1, 1)
+            gate |= (modes == MODE_TOKENS) & (triggers == ids).any(dim=-1)
+        self.token_slot[:n].copy_(slot)
+        self.token_gate[:n].copy_(gate)
+        if self._dirty_tokens > n:
+            self.token_slot[n : self._dirty_tokens].zero_()
+        self._dirty_tokens = n
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "local_layers": list(self.local_layers),
+            "sites": list(self.config.sites),
+            "vectors": len(self.vectors),
+            "configs_in_use": self.allocator.in_use(),
+            "active_requests": self.active_requests,
+            "steps_steered": self.steps_steered,
+            "errors": self.errors,
+        }
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    tensor = torch.from_numpy(array)
+    if device.type == "cpu":
+        return tensor
+    # A fresh pinned staging tensor per step: a reused one could be overwritten before its copy runs.
+    return tensor.pin_memory().to(device, non_blocking=True)

@@ -1,0 +1,35 @@
+"""Worker extension (`worker_extension_cls`): methods the engine calls on every rank via `collective_rpc`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from steering.vllm_plugin.runner import state_of
+from steering.vllm_plugin.state import SteeringState
+
+WORKER_EXTENSION = "steering.vllm_plugin.worker.SteeringWorkerExtension"
+
+
+class SteeringWorkerExtension:
+    """Mixed into vLLM's Worker; `self.model_runner` is the runner whose state the plugin built."""
+
+    model_runner: Any
+
+    def _steering_state(self) -> SteeringState:
+        state = state_of(self.model_runner)
+        if state is None:
+            raise RuntimeError("steerserve plugin is not active in this worker")
+        return state
+
+    def steerserve_load_vectors(self, vectors: Sequence[Mapping[str, Any]]) -> int:
+        """Store directions keyed by content hash; requests then carry only the hash."""
+        return self._steering_state().load_vectors(vectors)
+
+    def steerserve_drop_vectors(self, hashes: Sequence[str]) -> int:
+        return self._steering_state().drop_vectors(hashes)
+
+    def steerserve_stats(self) -> dict[str, Any]:
+        stats = self._steering_state().stats()
+        stats["runner"] = f"{type(self.model_runner).__module__}.{type(self.model_runner).__name__}"
+        return stats

@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny models built offline once per session, and real vLLM engines shared by the tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def model_cache_dir() -> Path:
+    root = os.environ.get("STEERSERVE_TEST_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "steerserve")
+    return Path(root) / "test-models"
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(model_cache_dir: Path) -> Path:
+    from steering.models.tiny import TinyModelSpec, build_tiny_model
+
+    return build_tiny_model(TinyModelSpec(architecture="llama"), model_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(model_cache_dir: Path) -> Path:
+    from steering.models.tiny import TinyModelSpec, build_tiny_model
+
+    return build_tiny_model(TinyModelSpec(architecture="qwen2", seed=1), model_cache_dir)
+
+
+def make_engine(model: Path, **overrides: object):  # type: ignore[no-untyped-def]
+    from steering.config import EngineSteeringConfig
+    from steering.engine import EngineSettings, SteeringEngine
+
+    settings = dict(
+        model=str(model),
+        dtype="float32",
+        enforce_eager=True,
+        max_model_len=1024,
+        steering=EngineSteeringConfig(max_configs=64),
+        extra=(("max_logprobs", -1),),
+    )
+    settings.update(overrides)
+    return SteeringEngine.create(EngineSettings(**settings))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+async def llama_engine(tiny_llama: Path) -> AsyncIterator[object]:
+    """The shared eager Llama engine (prefix caching on, 64 config slots)."""
+    engine = make_engine(tiny_llama)
+    yield engine
+    engine.shutdown()
+
+
+@pytest.fixture(scope="session")
+def hf_llama(tiny_llama: Path) -> Iterator[object]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype="float32")
+    model.eval()
+    yield model

@@ -1,0 +1,69 @@
+"""Scheduling must not change steering: chunked prefill, preemption and config queueing (real engine).
+
+A constrained engine (2 config slots, 32-token step budget, a KV cache of a few blocks) runs the same requests
+as the roomy shared engine; every output must match token for token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from steering.config import EngineSteeringConfig
+from steering.spec import SteeringTerm
+from tests.conftest import make_engine
+from tests.e2e.engine_helpers import random_vector, run
+from tests.e2e.test_engine_batch import prompts
+
+pytestmark = pytest.mark.engine
+
+
+def _preemptions() -> float:
+    from prometheus_client import REGISTRY
+
+    total = 0.0
+    for metric in REGISTRY.collect():
+        if metric.name.startswith("vllm:num_preemptions"):
+            total += sum(s.value for s in metric.samples if s.name.endswith("_total"))
+    return total
+
+
+@pytest.fixture(scope="module")
+async def constrained_engine(tiny_llama: Path) -> Any:
+    engine = make_engine(
+        tiny_llama,
+        steering=EngineSteeringConfig(max_configs=2),
+        max_num_batched_tokens=32,
+        max_num_seqs=8,
+        max_model_len=128,
+        extra=(("num_gpu_blocks_override", 8), ("block_size", 32), ("max_logprobs", -1)),
+    )
+    yield engine
+    engine.shutdown()
+
+
+async def test_chunked_prefill_preemption_and_queueing_change_nothing(
+    constrained_engine: Any, llama_engine: Any
+) -> None:
+    layers, hidden = llama_engine.shape.num_layers, llama_engine.shape.hidden_size
+    vectors = {"u": random_vector("u", list(range(layers)), hidden, 0.5, 11)}
+    batch = prompts(8, 70, seed=21)  # 70+ tokens: 3+ prefill chunks of 32 each
+    plans: list[list[SteeringTerm] | None] = [
+        [SteeringTerm(vector="u", strength=0.5 * (i + 1), layers=[1], positions="all" if i % 2 else "generated")]
+        if i % 4 != 3
+        else None
+        for i in range(8)
+    ]
+    before = _preemptions()
+    constrained = await asyncio.gather(*(run(constrained_engine, p, t, vectors, 24) for p, t in zip(batch, plans)))
+    preempted = _preemptions() - before
+    roomy = await asyncio.gather(*(run(llama_engine, p, t, vectors, 24) for p, t in zip(batch, plans)))
+    for i, (a, b) in enumerate(zip(constrained, roomy)):
+        assert a.token_ids == b.token_ids, f"request {i} ({plans[i]}) differs under chunking/preemption"
+    assert preempted > 0, "the constrained engine was meant to preempt; make its KV cache smaller"
+    assert len({tuple(r.token_ids) for r in constrained}) > 4
+    stats = await constrained_engine.worker_stats()
+    assert stats[0]["errors"] == 0 and stats[0]["active_requests"] == 0 and stats[0]["configs_in_use"] == 0

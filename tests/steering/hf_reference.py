@@ -1,0 +1,95 @@
+"""An independent reference of the steering semantics on a Hugging Face transformers model.
+
+Written from the README formulas, not from `steering.ops`: each term is applied with its own formula
+(add / project / clamp) through forward hooks at the site it names, gated by position exactly as documented.
+Layer L = output of decoder block L; site residual = the block's output stream, mlp = the MLP output,
+attn = the attention output (before it joins the residual).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class RefTerm:
+    direction: dict[int, torch.Tensor]  # layer -> raw vector v
+    strength: float
+    layers: tuple[int, ...]
+    op: str
+    site: str
+    positions: str  # all | prompt | generated | last_prompt | tokens
+    tokens: tuple[int, ...] = ()
+
+
+def position_gate(term: RefTerm, ids: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    """1.0 where the input token at position p is steered by this term."""
+    n = ids.shape[0]
+    p = torch.arange(n)
+    if term.positions == "all":
+        mask = torch.ones(n, dtype=torch.bool)
+    elif term.positions == "prompt":
+        mask = p < prompt_len
+    elif term.positions == "generated":
+        mask = p >= prompt_len
+    elif term.positions == "last_prompt":
+        mask = p == prompt_len - 1
+    elif term.positions == "tokens":
+        mask = torch.tensor([int(t) in term.tokens for t in ids.tolist()])
+    else:
+        raise ValueError(term.positions)
+    return mask.to(torch.float32)
+
+
+def apply_term(x: torch.Tensor, v: torch.Tensor, term: RefTerm, gate: torch.Tensor) -> torch.Tensor:
+    r = v / v.norm()
+    s = term.strength
+    if term.op == "add":
+        change = s * v.expand_as(x)
+    elif term.op == "project":
+        change = s * (x @ r).unsqueeze(-1) * r
+    elif term.op == "clamp":
+        change = (s - x @ r).unsqueeze(-1) * r
+    else:
+        raise ValueError(term.op)
+    return x + gate.unsqueeze(-1) * change
+
+
+def reference_logprobs(
+    model: torch.nn.Module, ids: Sequence[int], prompt_len: int, terms: Sequence[RefTerm]
+) -> torch.Tensor:
+    """log-softmax at every position of a teacher-forced sequence, with `terms` applied."""
+    input_ids = torch.tensor([list(ids)])
+    flat = input_ids[0]
+    layers = model.model.layers  # type: ignore[union-attr]
+    handles = []
+
+    def hook_for(layer: int, site: str):  # type: ignore[no-untyped-def]
+        def hook(module, args, output):  # type: ignore[no-untyped-def]
+            tensor = output[0] if isinstance(output, tuple) else output
+            x = tensor[0]
+            for term in terms:
+                if term.site == site and layer in term.layers:
+                    x = apply_term(x, term.direction[layer], term, position_gate(term, flat, prompt_len))
+            new = x.unsqueeze(0)
+            if isinstance(output, tuple):
+                return (new, *output[1:])
+            return new
+
+        return hook
+
+    used = {(layer, t.site) for t in terms for layer in t.layers}
+    for layer, site in sorted(used):
+        block = layers[layer]
+        module = {"residual": block, "mlp": block.mlp, "attn": block.self_attn}[site]
+        handles.append(module.register_forward_hook(hook_for(layer, site)))
+    try:
+        with torch.no_grad():
+            logits = model(input_ids).logits[0]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.log_softmax(logits.float(), dim=-1)
