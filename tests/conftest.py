@@ -42,7 +42,7 @@ def make_engine(model: Path, **overrides: object):  # type: ignore[no-untyped-de
         enforce_eager=True,
         max_model_len=1024,
         steering=EngineSteeringConfig(max_configs=64),
-        extra=(("max_logprobs", -1),),
+        extra=(("max_logprobs", -1), ("block_size", 32)),
     )
     settings.update(overrides)
     return SteeringEngine.create(EngineSettings(**settings))  # type: ignore[arg-type]
