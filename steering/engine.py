@@ -193,9 +193,9 @@ class SteeringEngine:
             raise UnsupportedModelError("this engine was started without steering")
         key = spec.config_hash if spec is not None else None
         async with self.admission.admit(key):
-            inputs: dict[str, Any] = {"prompt": prompt} if isinstance(prompt, str) else {
-                "prompt_token_ids": list(prompt)
-            }
+            inputs: dict[str, Any] = (
+                {"prompt": prompt} if isinstance(prompt, str) else {"prompt_token_ids": list(prompt)}
+            )
             salt = cache_salt
             if spec is not None:
                 vectors = [t.vector for t in spec.terms if t.vector is not None]
@@ -233,4 +233,3 @@ class SteeringEngine:
 
     def shutdown(self) -> None:
         self.llm.shutdown()
-

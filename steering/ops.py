@@ -34,6 +34,7 @@ MODE_CODES: dict[str, int] = {
     "tokens": MODE_TOKENS,
 }
 
+
 # Coefficients (c, b) per op and strength s, given the raw vector's norm.
 def op_coefficients(op: str, strength: float, norm: float) -> tuple[float, float]:
     if op == "add":
@@ -52,19 +53,21 @@ def steering_delta(
     directions: torch.Tensor,
     coefficients: torch.Tensor,
     term_index: torch.Tensor,
+    num_channels: int | None = None,
 ) -> torch.Tensor:
     """The change the channels of one (layer, site) make to `x` ([tokens, hidden]).
 
     token_slot [>= tokens] int64, token_gate [>= tokens, terms], directions [slots, K, hidden],
     coefficients [slots, K, 2] (c, b), term_index [slots, K] int64 (which gate column a channel uses).
-    The delta is accumulated apart from x so that it keeps its precision in bf16.
+    The delta is accumulated apart from x so that it keeps its precision in bf16. `num_channels` (eager
+    mode only) skips channels no token of the step uses; traced code always runs all K.
     """
     num_tokens = x.shape[0]
     slot = token_slot[:num_tokens]
     gate = torch.gather(token_gate[:num_tokens], 1, term_index[slot])  # [n, K]
     coef = coefficients[slot]  # [n, K, 2]
     delta = torch.zeros_like(x)
-    for k in range(directions.shape[1]):  # K is fixed at start-up: unrolled once when traced
+    for k in range(directions.shape[1] if num_channels is None else num_channels):  # fixed K when traced
         direction = directions[:, k][slot]  # [n, hidden]
         current = x + delta
         proj = torch.sum(current * direction, dim=-1, dtype=torch.float32)

@@ -231,9 +231,7 @@ def _resolve_term(
     positions, tokens = _resolve_positions(term.positions or defaults.positions, model, limits, encode, where)
     if strength == 0.0 and op in ("add", "project"):
         return None  # the identity: dropping it lets zero-strength arms share the unsteered cache
-    return ResolvedTerm(
-        vector_id, vector.version, vector.sha256, strength, layers, op, site, positions, tokens, vector
-    )
+    return ResolvedTerm(vector_id, vector.version, vector.sha256, strength, layers, op, site, positions, tokens, vector)
 
 
 def _resolve_layers(

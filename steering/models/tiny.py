@@ -94,7 +94,7 @@ def _write_tokenizer(path: Path, spec: TinyModelSpec) -> None:
         show_progress=False,
     )
     tokenizer.train_from_iterator(_corpus(spec.seed), trainer=trainer)
-    fast = PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer,
         unk_token="<unk>",
         bos_token="<s>",
@@ -143,7 +143,7 @@ def _write_model(path: Path, spec: TinyModelSpec) -> None:
     vocab_size = len(AutoTokenizer.from_pretrained(str(path)))
     config = _hf_config(spec, vocab_size)
     torch.manual_seed(spec.seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
     with torch.no_grad():  # RMSNorm weights start at 1; give them spread so layers differ
         for name, param in model.named_parameters():
             if name.endswith("norm.weight"):

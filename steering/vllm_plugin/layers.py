@@ -54,10 +54,10 @@ def install(layers: list[tuple[int, nn.Module]], state: SteeringState) -> None:
         _attach_tables(layer, state, index, ("mlp", "residual"))
         layer.__class__ = _steered_class(type(layer), _layer_forward)
         if "attn" in state.config.sites:
-            attn = layer.self_attn
+            attn: nn.Module = getattr(layer, "self_attn")
             _attach_tables(attn, state, index, ("attn",))
             attn.__class__ = _steered_class(type(attn), _attn_forward)
-        layer._steerserve_installed = True
+        setattr(layer, "_steerserve_installed", True)
 
 
 def _attach_tables(module: nn.Module, state: SteeringState, layer: int, sites: tuple[str, ...]) -> None:
@@ -72,34 +72,46 @@ def _attach_tables(module: nn.Module, state: SteeringState, layer: int, sites: t
         module.register_buffer(f"steer_{site}_coefficients", tables.coefficients, persistent=False)
         module.register_buffer(f"steer_{site}_term_index", tables.term_index, persistent=False)
         installed.append(site)
-    module._steer_sites = tuple(installed)  # fixed at start-up: a trace-time constant, not per-batch state
+    setattr(module, "_steer_sites", tuple(installed))  # fixed at start-up: a trace-time constant
+    setattr(module, "_steer_layer", layer)
+    setattr(module, "_steer_state", state)
 
 
-def _delta(module: nn.Module, site: str, x: torch.Tensor) -> torch.Tensor:
-    return steering_delta(
+def _steered(module: nn.Module, site: str, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """`target` plus the change the steering of `site` makes, computed from the site value `x`."""
+    channels = None
+    if not torch.compiler.is_compiling():
+        # Eager execution with no CUDA graph to freeze it: skip (layer, site)s no request of this step uses.
+        runtime: SteeringState = getattr(module, "_steer_state")
+        if runtime.eager_skip:
+            channels = runtime.site_channels.get((getattr(module, "_steer_layer"), site), 0)
+            if channels == 0:
+                return target
+    return target + steering_delta(
         x,
-        module.steer_token_slot,
-        module.steer_token_gate,
+        getattr(module, "steer_token_slot"),
+        getattr(module, "steer_token_gate"),
         getattr(module, f"steer_{site}_directions"),
         getattr(module, f"steer_{site}_coefficients"),
         getattr(module, f"steer_{site}_term_index"),
+        channels,
     )
 
 
 def _layer_forward(self: nn.Module, base: type, *args: Any, **kwargs: Any) -> Any:
-    hidden, residual = base.forward(self, *args, **kwargs)
-    sites = self._steer_sites
+    hidden, residual = getattr(base, "forward")(self, *args, **kwargs)
+    sites: tuple[str, ...] = getattr(self, "_steer_sites")
     if "mlp" in sites:
-        hidden = hidden + _delta(self, "mlp", hidden)
+        hidden = _steered(self, "mlp", hidden, hidden)
     if "residual" in sites:
-        hidden = hidden + _delta(self, "residual", hidden + residual)
+        hidden = _steered(self, "residual", hidden + residual, hidden)
     return hidden, residual
 
 
 def _attn_forward(self: nn.Module, base: type, *args: Any, **kwargs: Any) -> Any:
-    out = base.forward(self, *args, **kwargs)
-    if "attn" in self._steer_sites:
-        out = out + _delta(self, "attn", out)
+    out = getattr(base, "forward")(self, *args, **kwargs)
+    if "attn" in getattr(self, "_steer_sites"):
+        out = _steered(self, "attn", out, out)
     return out
 
 

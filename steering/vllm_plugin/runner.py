@@ -12,6 +12,7 @@ Each hook wraps the original method; patching is idempotent because `register()`
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -66,9 +67,19 @@ def build_state(runner: Any) -> None:
         dtype=model_config.dtype,
         device=runner.device,
     )
+    state.eager_skip = _runs_eagerly_without_graphs(runner.vllm_config)
     layer_patch.install(layers, state)
     setattr(runner, STATE_ATTR, state)
     logger.info("steerserve: steering %d layers at sites %s", len(layers), ",".join(config.sites))
+
+
+def _runs_eagerly_without_graphs(vllm_config: Any) -> bool:
+    """True when the model's Python forward runs every step (no torch.compile trace, no CUDA graph replay)."""
+    from vllm.config import CompilationMode, CUDAGraphMode
+
+    compilation = vllm_config.compilation_config
+    no_graphs = compilation.cudagraph_mode in (None, CUDAGraphMode.NONE) or vllm_config.model_config.enforce_eager
+    return bool(compilation.mode == CompilationMode.NONE and no_graphs)
 
 
 def state_of(runner: Any) -> SteeringState | None:
@@ -181,28 +192,31 @@ def _patch(cls: type, name: str, make: Callable[[Callable[..., Any]], Callable[.
     setattr(cls, name, wrapped)
 
 
+# Hook points per runner class (module:class -> method -> wrapper). CPUModelRunner (V1) overrides load_model.
+_HOOKS: dict[str, dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]]] = {
+    "vllm.v1.worker.gpu_model_runner:GPUModelRunner": {
+        "load_model": _after_load,
+        "_prepare_inputs": _v1_prepare_inputs,
+        "_on_request_state_removed": _v1_request_removed,
+    },
+    "vllm.v1.worker.cpu_model_runner:CPUModelRunner": {"load_model": _after_load},
+    "vllm.v1.worker.gpu.model_runner:GPUModelRunner": {
+        "load_model": _after_load,
+        "add_requests": _v2_add_requests,
+        "_remove_request": _v2_remove_request,
+        "prepare_inputs": _v2_prepare_inputs,
+    },
+}
+
+
 def patch_runners() -> None:
-    """Wrap the hook points of every runner class this vLLM has; safe to call more than once."""
-    try:
-        from vllm.v1.worker.gpu_model_runner import GPUModelRunner as V1Runner
-    except ImportError:  # pragma: no cover - depends on the installed vLLM build
-        V1Runner = None
-    if V1Runner is not None:
-        _patch(V1Runner, "load_model", _after_load)
-        _patch(V1Runner, "_prepare_inputs", _v1_prepare_inputs)
-        _patch(V1Runner, "_on_request_state_removed", _v1_request_removed)
-    try:
-        from vllm.v1.worker.cpu_model_runner import CPUModelRunner as V1CpuRunner
-    except ImportError:
-        V1CpuRunner = None
-    if V1CpuRunner is not None:
-        _patch(V1CpuRunner, "load_model", _after_load)
-    try:
-        from vllm.v1.worker.gpu.model_runner import GPUModelRunner as V2Runner
-    except ImportError:  # pragma: no cover
-        V2Runner = None
-    if V2Runner is not None:
-        _patch(V2Runner, "load_model", _after_load)
-        _patch(V2Runner, "add_requests", _v2_add_requests)
-        _patch(V2Runner, "_remove_request", _v2_remove_request)
-        _patch(V2Runner, "prepare_inputs", _v2_prepare_inputs)
+    """Wrap the hook points of every runner class this vLLM build has; safe to call more than once."""
+    for path, hooks in _HOOKS.items():
+        module_name, class_name = path.split(":")
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except ImportError:  # pragma: no cover - depends on the installed vLLM build
+            logger.debug("steerserve: %s not available in this vLLM build", path)
+            continue
+        for method, make in hooks.items():
+            _patch(cls, method, make)

@@ -16,8 +16,15 @@ import numpy as np
 import torch
 
 from steering.config import EngineSteeringConfig
-from steering.ops import MODE_ALL, MODE_CODES, MODE_GENERATED, MODE_LAST_PROMPT, MODE_PROMPT, MODE_TOKENS
-from steering.ops import op_coefficients
+from steering.ops import (
+    MODE_ALL,
+    MODE_CODES,
+    MODE_GENERATED,
+    MODE_LAST_PROMPT,
+    MODE_PROMPT,
+    MODE_TOKENS,
+    op_coefficients,
+)
 from steering.slots import SlotAllocator
 from steering.vllm_plugin.layout import TokenLayout
 
@@ -81,6 +88,10 @@ class SteeringState:
         self._known: set[str] = set()
         self._slot_uses_tokens = np.zeros(rows, dtype=bool)
         self._dirty_tokens = 0
+        self._slot_channels: dict[int, dict[tuple[int, str], int]] = {}
+        # Eager mode without CUDA graphs may skip unused (layer, site)s; the runner decides at start-up.
+        self.eager_skip = False
+        self.site_channels: dict[tuple[int, str], int] = {}
         self.errors = 0
         self.steps_steered = 0
 
@@ -136,9 +147,7 @@ class SteeringState:
     def slots_for(self, req_ids: Iterable[str | None]) -> np.ndarray:
         slot_of = self.allocator.slot_of
         config = self._request_config
-        return np.fromiter(
-            ((slot_of(config[r]) or 0) if r in config else 0 for r in req_ids), dtype=np.int64
-        )
+        return np.fromiter(((slot_of(config[r]) or 0) if r in config else 0 for r in req_ids), dtype=np.int64)
 
     @property
     def active_requests(self) -> int:
@@ -153,6 +162,7 @@ class SteeringState:
         self.term_mode[slot].zero_()
         self.term_tokens[slot].fill_(-1)
         self._slot_uses_tokens[slot] = False
+        self._slot_channels.pop(slot, None)
 
     def _fill_slot(self, slot: int, terms: Sequence[Mapping[str, Any]]) -> bool:
         self._clear_slot(slot)
@@ -185,6 +195,7 @@ class SteeringState:
                 tables.coefficients[slot, channel, 0] = c
                 tables.coefficients[slot, channel, 1] = b
                 tables.term_index[slot, channel] = index
+        self._slot_channels[slot] = dict(used)
         return True
 
     # ---- per step -----------------------------------------------------------------------------------------
@@ -193,11 +204,17 @@ class SteeringState:
         n = layout.num_tokens
         steered = bool(layout.slot.any())
         if not steered:
+            self.site_channels = {}
             if self._dirty_tokens:
                 self.token_slot[: self._dirty_tokens].zero_()
                 self._dirty_tokens = 0
             return
         self.steps_steered += 1
+        channels: dict[tuple[int, str], int] = {}
+        for slot_id in np.unique(layout.slot).tolist():
+            for site_key, count in self._slot_channels.get(slot_id, {}).items():
+                channels[site_key] = max(count, channels.get(site_key, 0))
+        self.site_channels = channels
         slot = _to_device(layout.slot, self.device)
         is_prompt = _to_device(layout.is_prompt, self.device).unsqueeze(1)
         is_last = _to_device(layout.is_last_prompt, self.device).unsqueeze(1)

@@ -26,7 +26,9 @@ class Result:
 
 def random_vector(vector_id: str, layers: Sequence[int], hidden: int, scale: float, seed: int) -> SteeringVector:
     rng = np.random.default_rng(seed)
-    return SteeringVector(vector_id, {layer: (rng.standard_normal(hidden) * scale).astype(np.float32) for layer in layers})
+    return SteeringVector(
+        vector_id, {layer: (rng.standard_normal(hidden) * scale).astype(np.float32) for layer in layers}
+    )
 
 
 def lookup_in(vectors: Mapping[str, SteeringVector]) -> Any:

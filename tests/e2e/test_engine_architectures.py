@@ -43,7 +43,7 @@ async def test_architecture_matches_reference_and_isolates_neighbours(arch_engin
         )
     ]
     results = await asyncio.gather(*(run(engine, PROMPT, t, vectors, GENERATED, full_logprobs=True) for t in cases))
-    for terms, result in zip(cases, results):
+    for terms, result in zip(cases, results, strict=True):
         _check(hf, result, _ref_terms(terms, vectors, layers), f"{arch}:{terms[0].op}/{terms[0].site}")
     mixed, plain = await run_mixed(engine)
     plan = mixed_terms(layers)

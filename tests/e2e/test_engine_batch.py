@@ -52,7 +52,7 @@ async def run_mixed(engine: Any, max_tokens: int = 16) -> tuple[list[list[int]],
     vectors = mixed_vectors(engine)
     batch = prompts(10, 12, seed=3)
     plan = mixed_terms(engine.shape.num_layers)
-    mixed = await asyncio.gather(*(run(engine, p, t, vectors, max_tokens) for p, t in zip(batch, plan)))
+    mixed = await asyncio.gather(*(run(engine, p, t, vectors, max_tokens) for p, t in zip(batch, plan, strict=True)))
     plain = await asyncio.gather(*(run(engine, p, None, vectors, max_tokens) for p in batch))
     return [r.token_ids for r in mixed], [r.token_ids for r in plain]
 
@@ -78,11 +78,10 @@ async def test_unembedding_vector_forces_its_token(llama_engine: Any, tiny_llama
     batch = prompts(8, 10, seed=5)
     steer = [SteeringTerm(vector="force", strength=1.0, layers=[-1])]
     plan = [steer if i % 2 else None for i in range(8)]
-    results = await asyncio.gather(*(run(engine, p, t, {"force": vector}, 6) for p, t in zip(batch, plan)))
+    results = await asyncio.gather(*(run(engine, p, t, {"force": vector}, 6) for p, t in zip(batch, plan, strict=True)))
     plain = await asyncio.gather(*(run(engine, p, None, {}, 6) for p in batch))
     for i, terms in enumerate(plan):
         if terms is None:
             assert results[i].token_ids == plain[i].token_ids
         else:
             assert results[i].token_ids == [target] * 6, results[i].token_ids
-

@@ -58,10 +58,12 @@ async def test_chunked_prefill_preemption_and_queueing_change_nothing(
         for i in range(8)
     ]
     before = _preemptions()
-    constrained = await asyncio.gather(*(run(constrained_engine, p, t, vectors, 24) for p, t in zip(batch, plans)))
+    constrained = await asyncio.gather(
+        *(run(constrained_engine, p, t, vectors, 24) for p, t in zip(batch, plans, strict=True))
+    )
     preempted = _preemptions() - before
-    roomy = await asyncio.gather(*(run(llama_engine, p, t, vectors, 24) for p, t in zip(batch, plans)))
-    for i, (a, b) in enumerate(zip(constrained, roomy)):
+    roomy = await asyncio.gather(*(run(llama_engine, p, t, vectors, 24) for p, t in zip(batch, plans, strict=True)))
+    for i, (a, b) in enumerate(zip(constrained, roomy, strict=True)):
         assert a.token_ids == b.token_ids, f"request {i} ({plans[i]}) differs under chunking/preemption"
     assert preempted > 0, "the constrained engine was meant to preempt; make its KV cache smaller"
     assert len({tuple(r.token_ids) for r in constrained}) > 4

@@ -65,14 +65,16 @@ async def test_every_op_site_and_position_mode_matches_hf(llama_engine: Any, hf_
     vectors = {"v": random_vector("v", [1, layers - 1], hidden, scale=0.3, seed=7)}
     cases = []
     for op, site, mode in itertools.product(("add", "project", "clamp"), ("residual", "mlp", "attn"), MODES):
-        cases.append([SteeringTerm(vector="v", strength=STRENGTH[op], layers=[1, -1], op=op, site=site, positions=mode)])
+        cases.append(
+            [SteeringTerm(vector="v", strength=STRENGTH[op], layers=[1, -1], op=op, site=site, positions=mode)]
+        )
     results = await asyncio.gather(
         run(engine, PROMPT, None, vectors, GENERATED, full_logprobs=True),
         *(run(engine, PROMPT, terms, vectors, GENERATED, full_logprobs=True) for terms in cases),
     )
     baseline, steered = results[0], results[1:]
     _check(hf_llama, baseline, [], "unsteered")
-    for terms, result in zip(cases, steered):
+    for terms, result in zip(cases, steered, strict=True):
         term = terms[0]
         label = f"{term.op}/{term.site}/{term.positions}"
         _check(hf_llama, result, _ref_terms(terms, vectors, layers), label)

@@ -1,0 +1,84 @@
+"""The table op equals the per-term formulas token by token (independent naive loop)."""
+
+from __future__ import annotations
+
+import torch
+
+from steering.ops import op_coefficients, steering_delta
+
+
+def naive(x: torch.Tensor, slot: torch.Tensor, gate: torch.Tensor, terms: dict[int, list[tuple]]) -> torch.Tensor:  # type: ignore[type-arg]
+    out = x.clone()
+    for i in range(x.shape[0]):
+        for op, s, v, term in terms.get(int(slot[i]), []):
+            if gate[i, term] == 0:
+                continue
+            r = v / v.norm()
+            row = out[i]
+            if op == "add":
+                row = row + s * v
+            elif op == "project":
+                row = row + s * (row @ r) * r
+            else:
+                row = row + (s - row @ r) * r
+            out[i] = row
+    return out - x
+
+
+def test_matches_naive_formulas_with_mixed_slots_and_gates() -> None:
+    torch.manual_seed(0)
+    hidden, slots, k, n, num_terms = 16, 4, 3, 40, 5
+    directions = torch.zeros(slots, k, hidden)
+    coefficients = torch.zeros(slots, k, 2)
+    term_index = torch.zeros(slots, k, dtype=torch.int64)
+    terms: dict[int, list[tuple]] = {}  # type: ignore[type-arg]
+    ops = ["add", "project", "clamp"]
+    for slot in range(1, slots):
+        for ch in range(slot):  # slot s uses s channels
+            op, s, v = ops[(slot + ch) % 3], float(ch + 1) * (-1) ** slot, torch.randn(hidden)
+            directions[slot, ch] = v / v.norm()
+            coefficients[slot, ch] = torch.tensor(op_coefficients(op, s, float(v.norm())))
+            term_index[slot, ch] = (slot + ch) % num_terms
+            terms.setdefault(slot, []).append((op, s, v, (slot + ch) % num_terms))
+    x = torch.randn(n, hidden) * 3
+    slot = torch.randint(0, slots, (n + 8,))
+    gate = (torch.rand(n + 8, num_terms) > 0.3).float()
+    delta = steering_delta(x, slot, gate, directions, coefficients, term_index)
+    expected = naive(x, slot[:n], gate[:n], terms)
+    assert torch.allclose(delta, expected, atol=1e-4)
+    assert torch.equal(delta[slot[:n] == 0], torch.zeros_like(delta[slot[:n] == 0]))
+
+
+def test_project_minus_one_removes_the_component_and_clamp_sets_it() -> None:
+    torch.manual_seed(1)
+    v = torch.randn(8)
+    r = v / v.norm()
+    x = torch.randn(5, 8)
+    slot = torch.ones(5, dtype=torch.int64)
+    gate = torch.ones(5, 1)
+    dirs = torch.zeros(2, 1, 8)
+    dirs[1, 0] = r
+    idx = torch.zeros(2, 1, dtype=torch.int64)
+    for op, s, expected in [("project", -1.0, 0.0), ("clamp", 2.5, 2.5)]:
+        coef = torch.zeros(2, 1, 2)
+        coef[1, 0] = torch.tensor(op_coefficients(op, s, float(v.norm())))
+        y = x + steering_delta(x, slot, gate, dirs, coef, idx)
+        assert torch.allclose(y @ r, torch.full((5,), expected), atol=1e-5)
+
+
+def test_bf16_keeps_small_deltas() -> None:
+    """The delta is accumulated apart from x, so a small change on a large stream is not rounded away."""
+    x = torch.full((2, 64), 100.0, dtype=torch.bfloat16)
+    dirs = torch.zeros(2, 1, 64, dtype=torch.bfloat16)
+    dirs[1, 0, 0] = 1.0
+    coef = torch.zeros(2, 1, 2)
+    coef[1, 0, 0] = 0.01
+    delta = steering_delta(
+        x,
+        torch.ones(2, dtype=torch.int64),
+        torch.ones(2, 1, dtype=torch.bfloat16),
+        dirs,
+        coef,
+        torch.zeros(2, 1, dtype=torch.int64),
+    )
+    assert abs(float(delta[0, 0]) - 0.01) < 1e-4

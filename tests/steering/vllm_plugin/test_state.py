@@ -1,0 +1,102 @@
+"""Worker state: filling slots from payloads, per-step gates, and never raising on bad payloads."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from steering.config import EngineSteeringConfig
+from steering.spec import ModelShape, SteeringLimits, SteeringTerm, resolve_spec
+from steering.vectors import SteeringVector
+from steering.vllm_plugin.layout import token_layout
+from steering.vllm_plugin.state import SteeringState
+
+SHAPE = ModelShape(num_layers=3, hidden_size=8, vocab_size=50)
+
+
+def make_state(max_configs: int = 4) -> SteeringState:
+    config = EngineSteeringConfig(max_configs=max_configs, limits=SteeringLimits(max_terms=4, max_terms_per_site=2))
+    return SteeringState(
+        config, [0, 1, 2], hidden_size=8, max_tokens=64, dtype=torch.float32, device=torch.device("cpu")
+    )
+
+
+def vector(vector_id: str, seed: int) -> SteeringVector:
+    rng = np.random.default_rng(seed)
+    return SteeringVector(vector_id, {k: rng.standard_normal(8).astype(np.float32) for k in range(3)})
+
+
+def payload(terms: list[dict], *vectors: SteeringVector) -> dict:  # type: ignore[type-arg]
+    table = {v.id: v for v in vectors}
+    spec = resolve_spec(
+        [SteeringTerm(**t) for t in terms],
+        lambda i, _: table[i],
+        SHAPE,
+        SteeringLimits(max_terms=4, max_terms_per_site=2),
+    )
+    return {"steerserve": spec.engine_payload()}
+
+
+def load(state: SteeringState, *vectors: SteeringVector) -> None:
+    state.load_vectors([{"sha256": v.sha256, "layers": {k: d.tobytes() for k, d in v.layers.items()}} for v in vectors])
+
+
+def test_fill_slot_places_terms_on_their_layers_and_sites() -> None:
+    state, v = make_state(), vector("v", 1)
+    load(state, v)
+    state.attach_request(
+        "r1",
+        payload(
+            [
+                {"vector": "v", "strength": 2.0, "layers": [1], "op": "project", "site": "mlp"},
+                {"vector": "v", "strength": 0.5, "layers": [1, 2]},
+            ],
+            v,
+        ),
+    )
+    slot = int(state.slots_for(["r1"])[0])
+    assert slot > 0
+    mlp = state.tables[(1, "mlp")]
+    assert torch.allclose(
+        mlp.directions[slot, 0], torch.from_numpy(v.layers[1] / np.linalg.norm(v.layers[1])), atol=1e-6
+    )
+    assert mlp.coefficients[slot, 0].tolist() == [0.0, 2.0]
+    res = state.tables[(2, "residual")]
+    assert abs(res.coefficients[slot, 0, 0].item() - 0.5 * float(np.linalg.norm(v.layers[2]))) < 1e-5
+    assert res.term_index[slot, 0].item() == 1
+    assert not state.tables[(0, "residual")].directions[slot].any()
+
+
+def test_gates_follow_position_modes_and_triggers() -> None:
+    state, v = make_state(), vector("v", 2)
+    load(state, v)
+    state.attach_request(
+        "a",
+        payload(
+            [{"vector": "v", "positions": "generated"}, {"vector": "v", "positions": {"tokens": [7]}, "layers": [0]}], v
+        ),
+    )
+    state.attach_request("b", None)
+    slots = state.slots_for(["b", "a"])
+    layout = token_layout(slots, [2, 4], [0, 2], [5, 3])  # a: positions 2..5 with prompt 3
+    ids = torch.tensor([1, 2, 7, 9, 7, 3])
+    state.prepare_step(layout, ids)
+    sa = int(slots[1])
+    assert state.token_slot[:6].tolist() == [0, 0, sa, sa, sa, sa]
+    assert state.token_gate[2:6, 0].tolist() == [0.0, 1.0, 1.0, 1.0]  # generated: positions 3, 4, 5
+    assert state.token_gate[2:6, 1].tolist() == [1.0, 0.0, 1.0, 0.0]  # trigger token 7
+    state.prepare_step(token_layout(slots[:1], [2], [5], [5]), ids)  # only b: buffers go back to slot 0
+    assert not state.token_slot[:6].any()
+
+
+def test_missing_vector_or_full_table_never_raises() -> None:
+    state, v = make_state(max_configs=1), vector("v", 3)
+    state.attach_request("x", payload([{"vector": "v"}], v))  # vector never loaded
+    assert state.errors == 1 and state.slots_for(["x"]).tolist() == [0] and state.allocator.in_use() == 0
+    load(state, v)
+    state.attach_request("y", payload([{"vector": "v", "strength": 1.0}], v))
+    state.attach_request("z", payload([{"vector": "v", "strength": 2.0}], v))  # no slot left
+    assert state.errors == 2 and state.slots_for(["y", "z"])[1] == 0
+    state.forget_request("y")
+    state.attach_request("z", payload([{"vector": "v", "strength": 2.0}], v))
+    assert state.slots_for(["z"])[0] > 0
