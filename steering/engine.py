@@ -228,6 +228,51 @@ class SteeringEngine:
             if self._vector_refs[sha] <= 0:
                 del self._vector_refs[sha]
 
+    # ---- helpers for the server (which never imports vLLM or torch) ---------------------------------------
+    def sampling_params(
+        self,
+        *,
+        stream: bool = False,
+        json_schema: dict[str, Any] | None = None,
+        json_object: bool = False,
+        **fields: Any,
+    ) -> Any:
+        """vLLM `SamplingParams` from OpenAI-style fields (None means vLLM's default)."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+        kwargs = {k: v for k, v in fields.items() if v is not None}
+        if json_schema is not None or json_object:
+            kwargs["structured_outputs"] = StructuredOutputsParams(
+                json=json_schema if json_schema else None, json_object=True if json_object else None
+            )
+        kwargs["output_kind"] = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
+        return SamplingParams(**kwargs)
+
+    def render_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of `messages` through the tokenizer's chat template, ready for the assistant's turn."""
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return [int(i) for i in ids]
+
+    @property
+    def max_model_len(self) -> int:
+        return int(self.llm.model_config.max_model_len)
+
+    async def check_health(self) -> bool:
+        try:
+            await self.llm.check_health()
+        except Exception:  # noqa: BLE001 - any failure means the engine is not serving
+            return False
+        return not self.llm.errored
+
+    @staticmethod
+    def vllm_version() -> str:
+        import vllm
+
+        return str(vllm.__version__)
+
     async def abort(self, request_id: str) -> None:
         await self.llm.abort(request_id)
 

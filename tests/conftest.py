@@ -63,3 +63,14 @@ def hf_llama(tiny_llama: Path) -> Iterator[object]:
     model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype="float32")
     model.eval()
     yield model
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server on a free port (AOF on) for the whole session."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server.url
+    server.stop()

@@ -1,0 +1,54 @@
+"""Prometheus families. Labels: `steered` (true/false) and `preset` (a registered preset name, `none` when
+unsteered, else `custom`). Never a vector id or a strength as a label. vLLM's own `vllm:*` families live in the
+same default registry and are exported on the same endpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
+TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1.0, 2.5)
+LABELS = ("steered", "preset")
+
+
+class ServerMetrics:
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        def hist(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, LABELS, buckets=buckets, registry=registry)
+
+        self.e2e = hist("steerserve:e2e_request_latency_seconds", "End-to-end request latency.", LATENCY_BUCKETS)
+        self.ttft = hist("steerserve:time_to_first_token_seconds", "Time to the first token.", LATENCY_BUCKETS)
+        self.itl = hist("steerserve:inter_token_latency_seconds", "Time between output tokens.", TOKEN_LATENCY_BUCKETS)
+        self.prompt_tokens = Counter("steerserve:prompt_tokens", "Prompt tokens processed.", LABELS, registry=registry)
+        self.generation_tokens = Counter("steerserve:generation_tokens", "Tokens generated.", LABELS, registry=registry)
+        self.requests = Counter(
+            "steerserve:requests", "Finished requests by outcome.", (*LABELS, "status"), registry=registry
+        )
+        self.running = Gauge("steerserve:num_requests_running", "Requests in the engine.", registry=registry)
+        self.waiting = Gauge(
+            "steerserve:num_requests_waiting", "Requests waiting for a steering slot.", registry=registry
+        )
+        self.cache_hits = Counter("steerserve:vector_cache_hits", "Registry cache hits.", registry=registry)
+        self.cache_misses = Counter("steerserve:vector_cache_misses", "Registry cache misses.", registry=registry)
+        self.stale_served = Counter(
+            "steerserve:vector_cache_stale_served", "Cached entries served while the store failed.", registry=registry
+        )
+        self.registry_errors = Counter("steerserve:registry_errors", "Registry (store) errors.", registry=registry)
+        self._synced = {"hits": 0, "misses": 0, "stale": 0, "errors": 0}
+
+    def sync_cache(self, hits: int, misses: int, stale: int, errors: int) -> None:
+        """Advance the cache counters to the registry's running totals."""
+        for name, total, counter in (
+            ("hits", hits, self.cache_hits),
+            ("misses", misses, self.cache_misses),
+            ("stale", stale, self.stale_served),
+            ("errors", errors, self.registry_errors),
+        ):
+            if total > self._synced[name]:
+                counter.inc(total - self._synced[name])
+                self._synced[name] = total
+
+    def track_waiting(self, waiting: Callable[[], float]) -> None:
+        self.waiting.set_function(waiting)

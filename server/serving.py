@@ -1,0 +1,486 @@
+"""OpenAI completions and chat completions on the steering engine (plain and streaming)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from server.errors import BadRequestError, OverloadedError, error_response
+from server.metrics import ServerMetrics
+from server.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from server.steering_sources import HEADER, RequestSteering, SteeringSources
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        total = self.prompt_tokens + self.completion_tokens
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "total_tokens": total}
+
+
+@dataclass
+class Timing:
+    start: float = field(default_factory=time.perf_counter)
+    first: float | None = None
+    last: float | None = None
+    gaps: list[float] = field(default_factory=list)
+
+    def token(self) -> None:
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = now
+        elif self.last is not None:
+            self.gaps.append(now - self.last)
+        self.last = now
+
+
+class OpenAIServing:
+    def __init__(
+        self,
+        engine: Any,
+        sources: SteeringSources,
+        metrics: ServerMetrics,
+        served_model: str,
+        max_in_flight: int,
+    ) -> None:
+        self.engine = engine
+        self.sources = sources
+        self.metrics = metrics
+        self.served_model = served_model
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+
+    # ---- shared -------------------------------------------------------------------------------------------
+    async def _steering(self, req: SamplingFields, http: Request) -> RequestSteering:
+        problem = req.extra_field_problem()
+        if problem is not None:
+            if problem.lower().startswith("steer"):
+                raise BadRequestError(f"unknown steering field {problem!r} (use 'steering')", param=problem)
+            raise BadRequestError(f"field {problem!r} is not supported by this server", param=problem)
+        return await self.sources.for_request(req.model, req.steering, http.headers.get(HEADER))
+
+    def _params(
+        self,
+        req: SamplingFields,
+        max_tokens: int | None,
+        logprobs: int | None,
+        prompt_logprobs: int | None,
+        stream: bool,
+    ) -> Any:
+        stop = [req.stop] if isinstance(req.stop, str) else req.stop
+        schema = None
+        json_object = False
+        if req.response_format is not None and req.response_format.type != "text":
+            if req.response_format.type == "json_schema":
+                body = req.response_format.json_schema or {}
+                schema = body.get("schema", body)
+                if not isinstance(schema, dict):
+                    raise BadRequestError(
+                        "response_format.json_schema.schema must be an object", param="response_format"
+                    )
+            else:
+                json_object = True
+        try:
+            return self.engine.sampling_params(
+                stream=stream,
+                json_schema=schema,
+                json_object=json_object,
+                n=req.n,
+                max_tokens=max_tokens,
+                temperature=req.temperature,
+                top_p=req.top_p,
+                top_k=req.top_k,
+                min_p=req.min_p,
+                seed=req.seed,
+                stop=stop,
+                stop_token_ids=req.stop_token_ids,
+                presence_penalty=req.presence_penalty,
+                frequency_penalty=req.frequency_penalty,
+                repetition_penalty=req.repetition_penalty,
+                logit_bias={int(k): v for k, v in req.logit_bias.items()} if req.logit_bias else None,
+                ignore_eos=req.ignore_eos,
+                min_tokens=req.min_tokens,
+                logprobs=logprobs,
+                prompt_logprobs=prompt_logprobs,
+            )
+        except ValueError as exc:
+            raise BadRequestError(str(exc)) from None
+
+    def _check_length(self, prompt: list[int], max_tokens: int | None, param: str) -> int:
+        limit = self.engine.max_model_len
+        if len(prompt) >= limit:
+            raise BadRequestError(f"prompt has {len(prompt)} tokens; the model's context is {limit}", param=param)
+        room = limit - len(prompt)
+        if max_tokens is not None and max_tokens > room:
+            raise BadRequestError(
+                f"max_tokens {max_tokens} + prompt {len(prompt)} tokens exceed the context of {limit}",
+                param="max_tokens",
+            )
+        return int(room)
+
+    def _admit(self) -> None:
+        if self.in_flight >= self.max_in_flight:
+            raise OverloadedError("server overloaded, retry later", headers={"Retry-After": "1"})
+
+    def _record(self, steering: RequestSteering, usage: Usage, timing: Timing, status: str) -> None:
+        labels = ("true" if steering.steered else "false", steering.label)
+        m = self.metrics
+        m.requests.labels(*labels, status).inc()
+        m.e2e.labels(*labels).observe(time.perf_counter() - timing.start)
+        if timing.first is not None:
+            m.ttft.labels(*labels).observe(timing.first - timing.start)
+        for gap in timing.gaps:
+            m.itl.labels(*labels).observe(gap)
+        m.prompt_tokens.labels(*labels).inc(usage.prompt_tokens)
+        m.generation_tokens.labels(*labels).inc(usage.completion_tokens)
+
+    def _headers(self, steering: RequestSteering) -> dict[str, str]:
+        return {"X-Steering-Config": steering.header_value}
+
+    async def _generate(
+        self, prompt: list[int], params: Any, steering: RequestSteering, request_id: str, timing: Timing
+    ) -> AsyncIterator[Any]:
+        self.in_flight += 1
+        self.metrics.running.inc()
+        try:
+            async for output in self.engine.generate(prompt, params, request_id, steering.spec):
+                timing.token()
+                yield output
+        except ValueError as exc:  # vLLM's input checks
+            raise BadRequestError(str(exc)) from None
+        finally:
+            self.in_flight -= 1
+            self.metrics.running.dec()
+
+    async def _collect(
+        self, prompt: list[int], params: Any, steering: RequestSteering, request_id: str, timing: Timing
+    ) -> Any:
+        final = None
+        async for output in self._generate(prompt, params, steering, request_id, timing):
+            final = output
+        return final
+
+    async def _until_disconnect(self, http: Request, work: Any) -> Any:
+        """Run `work`; cancel it (aborting its engine requests) if the client goes away."""
+        task = asyncio.ensure_future(work)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=0.2)
+                if done:
+                    return task.result()
+                if await http.is_disconnected():
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                    return None
+        finally:
+            if not task.done():
+                task.cancel()
+
+    def _token_text(self, token_id: int) -> str:
+        return str(self.engine.tokenizer.decode([token_id]))
+
+    # ---- completions --------------------------------------------------------------------------------------
+    def _completion_prompts(self, req: CompletionRequest) -> list[list[int]]:
+        prompt = req.prompt
+        tokenizer = self.engine.tokenizer
+        if isinstance(prompt, str):
+            items: list[Any] = [prompt]
+        elif prompt and all(isinstance(p, int) for p in prompt):
+            items = [prompt]
+        else:
+            items = list(prompt)
+        if not items:
+            raise BadRequestError("prompt must not be empty", param="prompt")
+        out: list[list[int]] = []
+        for item in items:
+            ids = tokenizer.encode(item) if isinstance(item, str) else [int(t) for t in item]
+            if not ids:
+                raise BadRequestError("prompt must not be empty", param="prompt")
+            if any(not 0 <= t < self.engine.shape.vocab_size for t in ids):
+                raise BadRequestError("prompt token id outside the vocabulary", param="prompt")
+            out.append(ids)
+        return out
+
+    async def completion(self, req: CompletionRequest, http: Request, request_id: str) -> Any:
+        steering = await self._steering(req, http)
+        prompts = self._completion_prompts(req)
+        max_tokens = req.max_tokens if req.max_tokens is not None else 16
+        for ids in prompts:
+            self._check_length(ids, max_tokens, "prompt")
+        self._admit()
+        echo_logprobs = req.logprobs if (req.echo and req.logprobs is not None) else None
+        params = self._params(req, max_tokens, req.logprobs, echo_logprobs, req.stream)
+        created = int(time.time())
+        base = {"id": f"cmpl-{request_id}", "object": "text_completion", "created": created, "model": req.model}
+        if req.stream:
+            return self._stream(self._completion_chunks(req, prompts, params, steering, request_id, base), steering)
+        timing = Timing()
+        finals = await self._until_disconnect(
+            http,
+            asyncio.gather(
+                *(self._collect(p, params, steering, f"{request_id}-{i}", timing) for i, p in enumerate(prompts))
+            ),
+        )
+        usage = Usage()
+        if finals is None:
+            self._record(steering, usage, timing, "aborted")
+            return None
+        choices = []
+        for pi, (ids, final) in enumerate(zip(prompts, finals, strict=True)):
+            usage.prompt_tokens += len(ids)
+            for out in final.outputs:
+                usage.completion_tokens += len(out.token_ids)
+                text = (self.engine.tokenizer.decode(ids) if req.echo else "") + out.text
+                logprobs = None
+                if req.logprobs is not None:
+                    logprobs = self._legacy_logprobs(
+                        ids if req.echo else [],
+                        final.prompt_logprobs if req.echo else None,
+                        list(out.token_ids),
+                        out.logprobs,
+                    )
+                choices.append(
+                    {
+                        "index": pi * req.n + out.index,
+                        "text": text,
+                        "logprobs": logprobs,
+                        "finish_reason": out.finish_reason,
+                    }
+                )
+        self._record(steering, usage, timing, "success")
+        body = {**base, "choices": choices, "usage": usage.to_json(), "steering": steering.describe()}
+        return JSONResponse(body, headers=self._headers(steering))
+
+    def _legacy_logprobs(self, prompt_ids: list[int], prompt_lps: Any, ids: list[int], lps: Any) -> dict[str, Any]:
+        tokens: list[str] = []
+        token_lps: list[float | None] = []
+        tops: list[dict[str, float] | None] = []
+        offsets: list[int] = []
+        offset = 0
+        rows = list(zip(prompt_ids, prompt_lps or [None] * len(prompt_ids), strict=True))
+        rows += list(zip(ids, lps or [None] * len(ids), strict=True))
+        for token_id, row in rows:
+            text = self._token_text(token_id)
+            tokens.append(text)
+            offsets.append(offset)
+            offset += len(text)
+            if row is None:
+                token_lps.append(None)
+                tops.append(None)
+                continue
+            token_lps.append(row[token_id].logprob if token_id in row else None)
+            tops.append({self._token_text(t): lp.logprob for t, lp in row.items()})
+        return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops, "text_offset": offsets}
+
+    async def _completion_chunks(
+        self,
+        req: CompletionRequest,
+        prompts: list[list[int]],
+        params: Any,
+        steering: RequestSteering,
+        request_id: str,
+        base: dict[str, Any],
+    ) -> AsyncIterator[dict[str, Any]]:
+        timing = Timing()
+        usage = Usage(prompt_tokens=sum(len(p) for p in prompts))
+        status = "aborted"
+        queue: asyncio.Queue[tuple[int, Any] | None] = asyncio.Queue()
+
+        async def pump(pi: int, ids: list[int]) -> None:
+            async for output in self._generate(ids, params, steering, f"{request_id}-{pi}", timing):
+                await queue.put((pi, output))
+
+        tasks = [asyncio.create_task(pump(i, p)) for i, p in enumerate(prompts)]
+        done = asyncio.ensure_future(asyncio.gather(*tasks))
+        done.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            if req.echo:
+                for pi, ids in enumerate(prompts):
+                    for k in range(req.n):
+                        yield {
+                            **base,
+                            "choices": [
+                                {
+                                    "index": pi * req.n + k,
+                                    "text": self.engine.tokenizer.decode(ids),
+                                    "logprobs": None,
+                                    "finish_reason": None,
+                                }
+                            ],
+                        }
+            while (item := await queue.get()) is not None:
+                pi, output = item
+                for out in output.outputs:
+                    usage.completion_tokens += len(out.token_ids)
+                    logprobs = (
+                        self._legacy_logprobs([], None, list(out.token_ids), out.logprobs)
+                        if req.logprobs is not None
+                        else None
+                    )
+                    yield {
+                        **base,
+                        "choices": [
+                            {
+                                "index": pi * req.n + out.index,
+                                "text": out.text,
+                                "logprobs": logprobs,
+                                "finish_reason": out.finish_reason,
+                            }
+                        ],
+                    }
+            await done
+            status = "success"
+            if req.stream_options is not None and req.stream_options.include_usage:
+                yield {**base, "choices": [], "usage": usage.to_json(), "steering": steering.describe()}
+        finally:
+            for task in tasks:
+                task.cancel()
+            self._record(steering, usage, timing, status)
+
+    # ---- chat ---------------------------------------------------------------------------------------------
+    async def chat(self, req: ChatCompletionRequest, http: Request, request_id: str) -> Any:
+        steering = await self._steering(req, http)
+        try:
+            messages = [
+                {"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in req.messages
+            ]
+        except ValueError as exc:
+            raise BadRequestError(str(exc), param="messages") from None
+        prompt = self.engine.render_chat(messages)
+        asked = req.max_completion_tokens or req.max_tokens
+        room = self._check_length(prompt, asked, "messages")
+        self._admit()
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        params = self._params(req, asked or room, logprobs, None, req.stream)
+        base = {"id": f"chatcmpl-{request_id}", "created": int(time.time()), "model": req.model}
+        if req.stream:
+            return self._stream(self._chat_chunks(req, prompt, params, steering, request_id, base), steering)
+        timing = Timing()
+        final = await self._until_disconnect(http, self._collect(prompt, params, steering, request_id, timing))
+        usage = Usage(prompt_tokens=len(prompt))
+        if final is None:
+            self._record(steering, usage, timing, "aborted")
+            return None
+        choices = []
+        for out in final.outputs:
+            usage.completion_tokens += len(out.token_ids)
+            choices.append(
+                {
+                    "index": out.index,
+                    "message": {"role": "assistant", "content": out.text},
+                    "logprobs": (
+                        self._chat_logprobs(list(out.token_ids), out.logprobs, req.top_logprobs or 0)
+                        if req.logprobs
+                        else None
+                    ),
+                    "finish_reason": out.finish_reason,
+                }
+            )
+        self._record(steering, usage, timing, "success")
+        body = {
+            **base,
+            "object": "chat.completion",
+            "choices": choices,
+            "usage": usage.to_json(),
+            "steering": steering.describe(),
+        }
+        return JSONResponse(body, headers=self._headers(steering))
+
+    def _chat_logprobs(self, ids: list[int], lps: Any, top_n: int) -> dict[str, Any]:
+        content = []
+        for token_id, row in zip(ids, lps or [{}] * len(ids), strict=True):
+            text = self._token_text(token_id)
+            ranked = sorted(row.items(), key=lambda item: -item[1].logprob)[:top_n]
+            top = [
+                {"token": self._token_text(t), "logprob": lp.logprob, "bytes": list(self._token_text(t).encode())}
+                for t, lp in ranked
+            ]
+            content.append(
+                {
+                    "token": text,
+                    "logprob": row[token_id].logprob if token_id in row else None,
+                    "bytes": list(text.encode()),
+                    "top_logprobs": top,
+                }
+            )
+        return {"content": content}
+
+    async def _chat_chunks(
+        self,
+        req: ChatCompletionRequest,
+        prompt: list[int],
+        params: Any,
+        steering: RequestSteering,
+        request_id: str,
+        base: dict[str, Any],
+    ) -> AsyncIterator[dict[str, Any]]:
+        timing = Timing()
+        usage = Usage(prompt_tokens=len(prompt))
+        status = "aborted"
+        chunk = {**base, "object": "chat.completion.chunk"}
+        try:
+            for k in range(req.n):
+                yield {
+                    **chunk,
+                    "choices": [
+                        {
+                            "index": k,
+                            "delta": {"role": "assistant", "content": ""},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ],
+                }
+            async for output in self._generate(prompt, params, steering, request_id, timing):
+                for out in output.outputs:
+                    usage.completion_tokens += len(out.token_ids)
+                    logprobs = (
+                        self._chat_logprobs(list(out.token_ids), out.logprobs, req.top_logprobs or 0)
+                        if req.logprobs
+                        else None
+                    )
+                    yield {
+                        **chunk,
+                        "choices": [
+                            {
+                                "index": out.index,
+                                "delta": {"content": out.text},
+                                "logprobs": logprobs,
+                                "finish_reason": out.finish_reason,
+                            }
+                        ],
+                    }
+            status = "success"
+            if req.stream_options is not None and req.stream_options.include_usage:
+                yield {**chunk, "choices": [], "usage": usage.to_json(), "steering": steering.describe()}
+        finally:
+            self._record(steering, usage, timing, status)
+
+    def _stream(self, chunks: AsyncIterator[dict[str, Any]], steering: RequestSteering) -> StreamingResponse:
+        async def sse() -> AsyncIterator[str]:
+            try:
+                async for chunk in chunks:
+                    yield f"data: {json.dumps(chunk)}\n\n"
+            except Exception as exc:  # noqa: BLE001 - an error after the headers went out: report it in-stream
+                yield f"data: {bytes(error_response(exc).body).decode()}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(sse(), media_type="text/event-stream", headers=self._headers(steering))
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+RequestIdFactory = Callable[[], str]

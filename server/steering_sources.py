@@ -1,0 +1,120 @@
+"""Where a request's steering comes from, and how the sources combine.
+
+Three ways, one semantics: the body field `steering` (terms, or a preset name), `model` naming a preset, and
+the `X-Steering` header (`id[@version][:strength],...`). A preset named by `model` comes first, then the body
+or header terms. Body and header together are refused. Everything is validated here, in the API process,
+before the engine sees the request.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from server.errors import BadRequestError, ModelNotFoundError
+from steering.errors import UnknownVectorError
+from steering.spec import ResolvedSpec, SteeringTerm
+from steering.store.cache import CachedRegistry
+from steering.vectors import SteeringVector
+
+HEADER = "x-steering"
+
+
+class SpecResolver(Protocol):
+    def resolve(self, terms: list[SteeringTerm], lookup: Any) -> ResolvedSpec: ...
+
+
+@dataclass(frozen=True)
+class RequestSteering:
+    """The resolved steering of one request and the label it is counted under."""
+
+    spec: ResolvedSpec | None
+    preset: str | None = None
+
+    @property
+    def steered(self) -> bool:
+        return self.spec is not None and not self.spec.is_noop
+
+    @property
+    def label(self) -> str:
+        if not self.steered:
+            return "none"
+        return self.preset or "custom"
+
+    def describe(self) -> dict[str, Any] | None:
+        if not self.steered or self.spec is None:
+            return None
+        return {**self.spec.describe(), "preset": self.preset}
+
+    @property
+    def header_value(self) -> str:
+        return self.spec.config_hash if self.steered and self.spec is not None else "none"
+
+
+def parse_header(value: str) -> list[SteeringTerm]:
+    """`reflection:-0.5,other@3:0.2` -> terms (strength optional: the vector's default)."""
+    terms: list[SteeringTerm] = []
+    for index, item in enumerate(part.strip() for part in value.split(",")):
+        if not item:
+            raise BadRequestError(f"X-Steering item {index} is empty", param="X-Steering")
+        ref, _, strength = item.partition(":")
+        try:
+            number = float(strength) if strength else None
+            if number is not None and not math.isfinite(number):
+                raise ValueError("strength must be finite")
+            terms.append(SteeringTerm(vector=ref.strip(), strength=number))
+        except (ValueError, ValidationError) as exc:
+            raise BadRequestError(f"X-Steering item {item!r} is invalid: {exc}", param="X-Steering") from None
+    return terms
+
+
+class SteeringSources:
+    def __init__(self, registry: CachedRegistry, resolver: SpecResolver, served_model: str) -> None:
+        self.registry = registry
+        self.resolver = resolver
+        self.served_model = served_model
+
+    async def for_request(
+        self, model: str, body: list[SteeringTerm] | str | None, header: str | None
+    ) -> RequestSteering:
+        if body is not None and header is not None:
+            raise BadRequestError("send steering either in the body or in X-Steering, not both", param="steering")
+        terms: list[SteeringTerm] = []
+        preset_name: str | None = None
+        if model != self.served_model:
+            preset = await self.registry.preset(model)
+            if preset is None:
+                raise ModelNotFoundError(f"model {model!r} does not exist", param="model")
+            preset_name = preset.name
+            terms.extend(preset.steering)
+        if isinstance(body, str):
+            preset = await self.registry.preset(body)
+            if preset is None:
+                raise BadRequestError(f"unknown steering preset {body!r}", param="steering")
+            preset_name = preset_name or preset.name
+            terms.extend(preset.steering)
+        elif body is not None:
+            terms.extend(body)
+            if body and preset_name is not None:
+                preset_name = None  # a preset plus custom terms is custom steering
+        if header is not None:
+            terms.extend(parse_header(header))
+            preset_name = None
+        if not terms:
+            return RequestSteering(None, None)
+        spec = await self.resolve_terms(terms)
+        return RequestSteering(spec, preset_name)
+
+    async def resolve_terms(self, terms: list[SteeringTerm]) -> ResolvedSpec:
+        try:
+            vectors = await self.registry.vectors_for(terms)
+        except KeyError as exc:
+            raise UnknownVectorError(f"unknown steering vector {exc.args[0]!r}", param="steering") from None
+
+        def lookup(vector_id: str, version: int | None) -> SteeringVector:
+            return vectors[(vector_id, version)]
+
+        return self.resolver.resolve(terms, lookup)

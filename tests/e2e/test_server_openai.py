@@ -1,0 +1,228 @@
+"""The real server over real HTTP: the official openai SDK, the real vLLM engine, a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from safetensors.numpy import load_file
+
+from server.app import create_app
+from server.settings import ServerSettings
+from steering.store.redis_store import RedisStore
+from tests.redis_server import free_port
+
+pytestmark = pytest.mark.engine
+SERVED = "tiny-llama"
+ADMIN = {"Authorization": "Bearer admin-secret"}
+
+
+@pytest.fixture(scope="module")
+async def server(llama_engine: Any, redis_url: str, tiny_llama: Path) -> AsyncIterator[str]:
+    import uvicorn
+
+    port = free_port()
+    settings = ServerSettings(
+        model=str(tiny_llama), port=port, redis_url=redis_url, api_key="user-secret", admin_key="admin-secret"
+    )
+    store = RedisStore(redis_url, f"test-{uuid.uuid4().hex[:8]}")
+    app = create_app(settings, llama_engine, store, SERVED)
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(uv.serve())
+    while not uv.started:
+        await asyncio.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    uv.should_exit = True
+    await task
+
+
+def force_vector(tiny_llama: Path, token: int, layers: int) -> dict[str, str]:
+    unembed = load_file(str(tiny_llama / "model.safetensors"))["lm_head.weight"]
+    data = (unembed[token] * 200.0).astype("<f4")
+    return {str(layers - 1): base64.b64encode(data.tobytes()).decode()}
+
+
+async def upload_force(url: str, vector_id: str, tiny_llama: Path, token: int, layers: int) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=url) as http:
+        response = await http.post(
+            "/v1/steering/vectors",
+            headers=ADMIN,
+            json={"id": vector_id, "layers": force_vector(tiny_llama, token, layers), "description": "forces a token"},
+        )
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+
+async def test_openai_sdk_plain_streaming_steered_and_presets(server: str, llama_engine: Any, tiny_llama: Path) -> None:
+    from openai import AsyncOpenAI
+
+    layers = llama_engine.shape.num_layers
+    target = 300
+    target_text = llama_engine.tokenizer.decode([target])
+    await upload_force(server, "force", tiny_llama, target, layers)
+    client = AsyncOpenAI(base_url=f"{server}/v1", api_key="user-secret")
+    prompt = "Q: 12+30"
+    plain = await client.completions.create(model=SERVED, prompt=prompt, max_tokens=6, temperature=0)
+    direct = None
+    async for out in llama_engine.generate(
+        llama_engine.tokenizer.encode(prompt),
+        llama_engine.sampling_params(max_tokens=6, temperature=0.0),
+        "direct-baseline",
+    ):
+        direct = out
+    assert direct is not None and plain.choices[0].text == direct.outputs[0].text
+    steered = await client.completions.create(
+        model=SERVED,
+        prompt=prompt,
+        max_tokens=4,
+        temperature=0,
+        extra_body={"steering": [{"vector": "force", "strength": 1.0}]},
+    )
+    assert steered.choices[0].text == target_text * 4
+    assert steered.model_extra["steering"]["terms"][0]["vector"] == "force"
+    stream = await client.chat.completions.create(
+        model=SERVED,
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=4,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"steering": [{"vector": "force"}]},
+    )
+    pieces, usage = [], None
+    async for chunk in stream:
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+        if chunk.usage is not None:
+            usage = chunk.usage
+    assert "".join(pieces) == target_text * 4 and usage is not None and usage.completion_tokens == 4
+    async with httpx.AsyncClient(base_url=server, headers=ADMIN) as http:
+        put = await http.put("/v1/steering/presets/forced", json={"steering": [{"vector": "force"}]})
+        assert put.status_code == 200, put.text
+    models = await client.models.list()
+    assert {"forced", SERVED} <= {m.id for m in models.data}
+    chat = await client.chat.completions.create(
+        model="forced", messages=[{"role": "user", "content": prompt}], max_tokens=3, temperature=0
+    )
+    assert chat.choices[0].message.content == target_text * 3
+    plain_chat = await client.chat.completions.create(
+        model=SERVED, messages=[{"role": "user", "content": prompt}], max_tokens=3, temperature=0
+    )
+    assert plain_chat.choices[0].message.content != target_text * 3
+
+
+async def test_new_version_is_used(server: str, llama_engine: Any, tiny_llama: Path) -> None:
+    from openai import AsyncOpenAI
+
+    layers = llama_engine.shape.num_layers
+    client = AsyncOpenAI(base_url=f"{server}/v1", api_key="user-secret")
+    first = await upload_force(server, "moving", tiny_llama, 301, layers)
+    out1 = await client.completions.create(
+        model=SERVED, prompt="x", max_tokens=3, temperature=0, extra_body={"steering": [{"vector": "moving"}]}
+    )
+    second = await upload_force(server, "moving", tiny_llama, 302, layers)
+    assert (first["version"], second["version"]) == (1, 2)
+    out2 = await client.completions.create(
+        model=SERVED, prompt="x", max_tokens=3, temperature=0, extra_body={"steering": [{"vector": "moving"}]}
+    )
+    pinned = await client.completions.create(
+        model=SERVED, prompt="x", max_tokens=3, temperature=0, extra_body={"steering": [{"vector": "moving@1"}]}
+    )
+    decode = llama_engine.tokenizer.decode
+    assert out1.choices[0].text == decode([301]) * 3
+    assert out2.choices[0].text == decode([302]) * 3
+    assert pinned.choices[0].text == decode([301]) * 3
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers", "status"),
+    [
+        ("/v1/completions", {"model": SERVED, "prompt": "x", "steering": [{"vector": "ghost"}]}, {}, 404),
+        (
+            "/v1/completions",
+            {"model": SERVED, "prompt": "x", "steering": [{"vector": "force", "layers": [99]}]},
+            {},
+            400,
+        ),
+        (
+            "/v1/completions",
+            {"model": SERVED, "prompt": "x", "steering": [{"vector": "force", "strength": 1e6}]},
+            {},
+            400,
+        ),
+        ("/v1/completions", {"model": SERVED, "prompt": "x"}, {"X-Steering": "force:abc"}, 400),
+        ("/v1/completions", {"model": SERVED, "prompt": "x", "tools": []}, {}, 400),
+        ("/v1/steering/vectors", {"id": "bad", "layers": {"0": "AAAA"}}, ADMIN, 400),
+        ("/v1/steering/vectors", {"id": "bad", "layers": {"0": "AAAA"}}, {}, 403),
+    ],
+)
+async def test_bad_input_is_refused_and_the_server_stays_healthy(
+    server: str, path: str, body: dict[str, Any], headers: dict[str, str], status: int
+) -> None:
+    auth = headers or {"Authorization": "Bearer user-secret"}
+    async with httpx.AsyncClient(base_url=server) as http:
+        response = await http.post(path, json=body, headers={**auth, **headers})
+        assert response.status_code == status, response.text
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+        assert (await http.get("/health")).status_code == 200
+        ok = await http.post(
+            "/v1/completions",
+            json={"model": SERVED, "prompt": "x", "max_tokens": 2},
+            headers={"Authorization": "Bearer user-secret"},
+        )
+        assert ok.status_code == 200
+
+
+async def test_metrics_after_traffic(server: str) -> None:
+    async with httpx.AsyncClient(base_url=server) as http:
+        text = (await http.get("/metrics")).text
+    for family in (
+        "steerserve:e2e_request_latency_seconds_bucket",
+        "steerserve:time_to_first_token_seconds_count",
+        "steerserve:inter_token_latency_seconds_count",
+        "steerserve:prompt_tokens_total",
+        "steerserve:generation_tokens_total",
+        "steerserve:requests_total",
+        "steerserve:num_requests_running",
+        "steerserve:num_requests_waiting",
+        "steerserve:vector_cache_hits_total",
+        "steerserve:vector_cache_misses_total",
+    ):
+        assert family in text, family
+    assert 'steered="true"' in text and 'preset="forced"' in text and 'preset="custom"' in text
+    assert "vllm:" in text, "vLLM's own engine metrics should be exported on the same endpoint"
+    assert "force" not in text.replace('preset="forced"', ""), "a vector id leaked into a label"
+
+
+async def _engine_idle(engine: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if engine.llm.output_processor.get_num_unfinished_requests() == 0:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_client_disconnect_aborts_the_engine_request(server: str, llama_engine: Any) -> None:
+    body = {"model": SERVED, "prompt": "x", "max_tokens": 900, "ignore_eos": True, "temperature": 0}
+    user = {"Authorization": "Bearer user-secret"}
+    async with httpx.AsyncClient(base_url=server, headers=user, timeout=60) as http:
+        async with http.stream("POST", "/v1/completions", json={**body, "stream": True}) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    break  # one chunk arrived; leaving the block drops the connection
+    assert await _engine_idle(llama_engine), "a streaming request kept running after its client left"
+    async with httpx.AsyncClient(base_url=server, headers=user, timeout=60) as http:
+        pending = asyncio.create_task(http.post("/v1/completions", json=body))
+        await asyncio.sleep(1.0)
+        assert llama_engine.llm.output_processor.get_num_unfinished_requests() == 1
+        pending.cancel()
+        await asyncio.gather(pending, return_exceptions=True)
+    assert await _engine_idle(llama_engine), "a non-streaming request kept running after its client left"
