@@ -154,7 +154,8 @@ class OpenAIServing:
         self.in_flight += 1
         self.metrics.running.inc()
         try:
-            async for output in self.engine.generate(prompt, params, request_id, steering.spec):
+            engine_id = f"{request_id}-{uuid.uuid4().hex[:8]}"  # clients may reuse X-Request-Id
+            async for output in self.engine.generate(prompt, params, engine_id, steering.spec):
                 timing.token()
                 yield output
         except ValueError as exc:  # vLLM's input checks

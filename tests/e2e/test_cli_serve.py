@@ -1,0 +1,73 @@
+"""`steerserve serve` as a user runs it: no arguments but a port and data dir (demo model, embedded store)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.redis_server import free_port
+
+pytestmark = pytest.mark.engine
+
+
+def start(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    exe = shutil.which("steerserve") or str(Path(sys.executable).with_name("steerserve"))
+    env = {**os.environ, "STEERSERVE_DATA_DIR": str(data_dir), "VLLM_CPU_KVCACHE_SPACE": "1"}
+    return subprocess.Popen([exe, "serve", "--port", str(port), "--enforce-eager", "--max-model-len", "512"],
+                            env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, f"server exited early:\n{log.read_text()[-3000:]}"
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"server not ready:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=120)
+
+
+def test_serve_defaults_persist_vectors_and_exit_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    proc = start(tmp_path / "data", port, log)
+    try:
+        wait_ready(url, proc, log)
+        models = httpx.get(f"{url}/v1/models").json()["data"]
+        assert models[0]["id"] == "steerserve-demo"
+        hidden = 128
+        data = base64.b64encode(np.ones(hidden, dtype="<f4").tobytes()).decode()
+        created = httpx.post(f"{url}/v1/steering/vectors", json={"id": "kept", "layers": {"1": data}})
+        assert created.status_code == 201, created.text
+        out = httpx.post(f"{url}/v1/completions", timeout=60, json={
+            "model": "steerserve-demo", "prompt": "Q: 1+2", "max_tokens": 4, "steering": [{"vector": "kept"}]})
+        assert out.status_code == 200 and out.json()["steering"]["terms"][0]["vector"] == "kept"
+    finally:
+        code = stop(proc)
+    assert code == 0, log.read_text()[-3000:]
+    proc = start(tmp_path / "data", port, log)  # the embedded store survives a restart
+    try:
+        wait_ready(url, proc, log)
+        info = httpx.get(f"{url}/v1/steering/vectors/kept")
+        assert info.status_code == 200 and info.json()["version"] == 1
+    finally:
+        assert stop(proc) == 0
