@@ -1,12 +1,16 @@
 """HTTP overhead of steerserve vs vLLM's own OpenAI server, side by side in one run.
 
-Both servers serve the same tiny model (eager) at once: `steerserve serve` and
-`python -m vllm.entrypoints.openai.api_server` with our plugin disabled (`VLLM_PLUGINS=""`). Each repetition
-sends the same streaming completion workload (32 concurrent clients) to: vLLM, steerserve unsteered, and
-steerserve steered (every request steered by one uploaded vector). Order rotates per repetition.
-We report throughput ratios (median, bootstrap 95 % CI) and time-to-first-token p50/p99.
+Both servers serve the same tiny model (eager): `steerserve serve` and
+`python -m vllm.entrypoints.openai.api_server` with our plugin disabled (`VLLM_PLUGINS=""`). Only one server is
+alive at a time (two idle-but-alive engines on a 2-core machine disturbed each other's timings by up to 2x in
+a first, co-resident version of this script). The run goes in blocks A B B A ... (A = vLLM, B = steerserve);
+each block starts its server, warms it up and runs `--reps` repetitions of the same streaming completion
+workload (32 concurrent clients). Inside a steerserve block, unsteered and steered (every request steered by
+one uploaded vector) alternate. steerserve/vLLM ratios pair repetition i of a B block with repetition i of the
+neighbouring A block; steered/unsteered ratios are paired within each repetition. We report medians with a
+bootstrap 95 % CI, and time-to-first-token p50/p99.
 
-    python benchmarks/server_overhead.py --reps 6 --out benchmarks/results/server_overhead.json
+    python benchmarks/server_overhead.py --reps 5 --cycles 2 --out benchmarks/results/server_overhead.json
 """
 
 from __future__ import annotations
@@ -62,10 +66,18 @@ async def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float =
     raise TimeoutError(url)
 
 
-async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int,
-                      steering: list[dict[str, Any]] | None) -> tuple[float, int]:
-    body: dict[str, Any] = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
-                            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+async def one_request(
+    client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int, steering: list[dict[str, Any]] | None
+) -> tuple[float, int]:
+    body: dict[str, Any] = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     if steering is not None:
         body["steering"] = steering
     start = time.perf_counter()
@@ -84,8 +96,9 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: s
     return ttft or 0.0, tokens
 
 
-async def run_arm(url: str, model: str, prompts: list[str], clients: int, max_tokens: int,
-                  steering: list[dict[str, Any]] | None) -> dict[str, Any]:
+async def run_arm(
+    url: str, model: str, prompts: list[str], clients: int, max_tokens: int, steering: list[dict[str, Any]] | None
+) -> dict[str, Any]:
     queue = list(prompts)
     ttfts: list[float] = []
     total = 0
@@ -103,8 +116,91 @@ async def run_arm(url: str, model: str, prompts: list[str], clients: int, max_to
         start = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(clients)))
         seconds = time.perf_counter() - start
-    return {"tok_per_s": total / seconds, "seconds": seconds, "tokens": total,
-            "ttft_p50": float(np.percentile(ttfts, 50)), "ttft_p99": float(np.percentile(ttfts, 99))}
+    return {
+        "tok_per_s": total / seconds,
+        "seconds": seconds,
+        "tokens": total,
+        "ttft_p50": float(np.percentile(ttfts, 50)),
+        "ttft_p99": float(np.percentile(ttfts, 99)),
+    }
+
+
+async def run_block(
+    kind: str, block: int, args: argparse.Namespace, model: str, root: Path, logs: Path, prompts: list[str]
+) -> list[dict[str, Any]]:
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1"}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    common = ["--port", str(port), "--enforce-eager", "--max-model-len", "512", "--served-model-name", "tiny"]
+    if kind == "vllm":
+        proc = start(
+            [
+                sys.executable,
+                "-m",
+                "vllm.entrypoints.openai.api_server",
+                "--model",
+                model,
+                *common,
+                "--uvicorn-log-level",
+                "warning",
+            ],
+            {**env, "VLLM_PLUGINS": ""},
+            logs / f"vllm-{block}.log",
+        )
+        arms: tuple[str, ...] = ("vllm",)
+    else:
+        proc = start(
+            [
+                sys.executable,
+                "-m",
+                "clients.cli",
+                "serve",
+                "--model",
+                model,
+                *common,
+                "--data-dir",
+                str(logs / f"data-{block}"),
+                "--log-level",
+                "warning",
+            ],
+            {**env, "PYTHONPATH": str(root)},
+            logs / f"steerserve-{block}.log",
+        )
+        arms = ("steerserve", "steerserve_steered")
+    steering = [{"vector": "bench", "strength": 1.0}]
+    runs: list[dict[str, Any]] = []
+    try:
+        await wait_healthy(url, proc)
+        if kind != "vllm":
+            direction = (np.random.default_rng(0).standard_normal(128) * 0.5).astype("<f4")
+            async with httpx.AsyncClient() as client:
+                response = await client.post(
+                    f"{url}/v1/steering/vectors",
+                    json={"id": "bench", "layers": {"1": base64.b64encode(direction.tobytes()).decode()}},
+                )
+                response.raise_for_status()
+        for arm in arms:  # warm-up
+            await run_arm(url, "tiny", prompts[: args.clients], args.clients, 8, steering if "steered" in arm else None)
+        for rep in range(args.reps):
+            order = arms if rep % 2 == 0 else arms[::-1]
+            for arm in order:
+                await asyncio.sleep(args.pause)
+                result = await run_arm(
+                    url, "tiny", prompts, args.clients, args.max_tokens, steering if "steered" in arm else None
+                )
+                runs.append({"block": block, "rep": rep, "arm": arm, **result})
+                print(
+                    f"block {block} rep {rep} {arm:>20}: {result['tok_per_s']:8.1f} tok/s  ttft p50 "
+                    f"{result['ttft_p50'] * 1000:.0f} ms p99 {result['ttft_p99'] * 1000:.0f} ms",
+                    flush=True,
+                )
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return runs
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -112,72 +208,53 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(__file__).resolve().parents[1]
     logs = Path(args.logs)
     logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1"}
-    ours_port, theirs_port = free_port(), free_port()
-    ours = start([sys.executable, "-m", "clients.cli", "serve", "--model", model, "--port", str(ours_port),
-                  "--enforce-eager", "--max-model-len", "512", "--data-dir", str(logs / "data"),
-                  "--served-model-name", "tiny", "--log-level", "warning"], {**env, "PYTHONPATH": str(root)},
-                 logs / "steerserve.log")
-    theirs = start([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--port",
-                    str(theirs_port), "--enforce-eager", "--max-model-len", "512", "--served-model-name", "tiny",
-                    "--disable-log-requests"], {**env, "VLLM_PLUGINS": ""}, logs / "vllm.log")
-    urls = {"vllm": f"http://127.0.0.1:{theirs_port}", "steerserve": f"http://127.0.0.1:{ours_port}"}
-    try:
-        await wait_healthy(urls["steerserve"], ours)
-        await wait_healthy(urls["vllm"], theirs)
-        rng = np.random.default_rng(0)
-        direction = (rng.standard_normal(128) * 0.5).astype("<f4")
-        async with httpx.AsyncClient() as client:
-            response = await client.post(f"{urls['steerserve']}/v1/steering/vectors", json={
-                "id": "bench", "layers": {"1": base64.b64encode(direction.tobytes()).decode()}})
-            response.raise_for_status()
-        words = ["Q:", "12", "+", "30", "wait", "let", "me", "re-check", "answer", "step"]
-        pick = random.Random(0)
-        prompts = [" ".join(pick.choice(words) for _ in range(args.prompt_words)) for _ in range(args.requests)]
-        steering = [{"vector": "bench", "strength": 1.0}]
-        for arm in ARMS:  # warm-up
-            url = urls["vllm" if arm == "vllm" else "steerserve"]
-            await run_arm(url, "tiny", prompts[: args.clients], args.clients, 8, steering if "steered" in arm else None)
-        runs: list[dict[str, Any]] = []
-        for rep in range(args.reps):
-            order = ARMS[rep % 3:] + ARMS[: rep % 3]
-            for arm in order:
-                url = urls["vllm" if arm == "vllm" else "steerserve"]
-                await asyncio.sleep(args.pause)
-                result = await run_arm(url, "tiny", prompts, args.clients, args.max_tokens,
-                                       steering if "steered" in arm else None)
-                runs.append({"rep": rep, "arm": arm, **result})
-                print(f"rep {rep} {arm:>20}: {result['tok_per_s']:8.1f} tok/s  ttft p50 "
-                      f"{result['ttft_p50'] * 1000:.0f} ms p99 {result['ttft_p99'] * 1000:.0f} ms", flush=True)
-    finally:
-        for proc in (ours, theirs):
-            proc.terminate()
-        for proc in (ours, theirs):
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    words = ["Q:", "12", "+", "30", "wait", "let", "me", "re-check", "answer", "step"]
+    pick = random.Random(0)
+    prompts = [" ".join(pick.choice(words) for _ in range(args.prompt_words)) for _ in range(args.requests)]
+    pattern = ["vllm", "steerserve", "steerserve", "vllm"]
+    runs: list[dict[str, Any]] = []
+    for block in range(2 * args.cycles):
+        runs += await run_block(pattern[block % 4], block, args, model, root, logs, prompts)
     return summarize(args, runs)
 
 
 def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    by = {(r["rep"], r["arm"]): r for r in runs}
-    reps = range(args.reps)
+    by = {(r["block"], r["rep"], r["arm"]): r for r in runs}
+    blocks = sorted({r["block"] for r in runs})
+    vs_vllm: list[float] = []
+    steered: list[float] = []
+    for block in blocks:
+        if (block, 0, "steerserve") not in by:
+            continue
+        partner = block - 1 if (block - 1, 0, "vllm") in by else block + 1  # the neighbouring vLLM block
+        for rep in range(args.reps):
+            ours = by[(block, rep, "steerserve")]["tok_per_s"]
+            vs_vllm.append(ours / by[(partner, rep, "vllm")]["tok_per_s"])
+            steered.append(by[(block, rep, "steerserve_steered")]["tok_per_s"] / ours)
 
-    def ratio(a: str, b: str) -> dict[str, Any]:
-        values = [by[(r, a)]["tok_per_s"] / by[(r, b)]["tok_per_s"] for r in reps]
+    def ratio(values: list[float]) -> dict[str, Any]:
         lo, hi = bootstrap_median_ci(values)
-        return {"median": statistics.median(values), "ci95": [lo, hi]}
+        return {"median": statistics.median(values), "ci95": [lo, hi], "n": len(values)}
 
-    arms = {arm: {"median_tok_per_s": statistics.median(by[(r, arm)]["tok_per_s"] for r in reps),
-                  "ttft_p50_ms": 1000 * statistics.median(by[(r, arm)]["ttft_p50"] for r in reps),
-                  "ttft_p99_ms": 1000 * statistics.median(by[(r, arm)]["ttft_p99"] for r in reps)} for arm in ARMS}
+    arms = {}
+    for arm in ARMS:
+        rows = [r for r in runs if r["arm"] == arm]
+        arms[arm] = {
+            "median_tok_per_s": statistics.median(r["tok_per_s"] for r in rows),
+            "ttft_p50_ms": 1000 * statistics.median(r["ttft_p50"] for r in rows),
+            "ttft_p99_ms": 1000 * statistics.median(r["ttft_p99"] for r in rows),
+        }
     return {
-        "model": "tiny llama (4 layers, hidden 128), float32, eager, 1 engine thread (vLLM CPU default)",
-        "workload": {"requests": args.requests, "clients": args.clients, "max_tokens": args.max_tokens,
-                     "reps": args.reps, "stream": True},
-        "ratios": {"steerserve_vs_vllm": ratio("steerserve", "vllm"),
-                   "steered_vs_unsteered": ratio("steerserve_steered", "steerserve")},
+        "model": "tiny llama (4 layers, hidden 128), vLLM CPU default dtype (bf16), eager, 1 engine thread",
+        "workload": {
+            "requests": args.requests,
+            "clients": args.clients,
+            "max_tokens": args.max_tokens,
+            "reps_per_block": args.reps,
+            "blocks": len(blocks),
+            "stream": True,
+        },
+        "ratios": {"steerserve_vs_vllm": ratio(vs_vllm), "steered_vs_unsteered": ratio(steered)},
         "arms": arms,
         "command": "python " + " ".join(sys.argv),
         "runs": runs,
@@ -185,9 +262,16 @@ def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str,
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = ["# Server overhead: steerserve vs vLLM's OpenAI server", "", f"Model: {result['model']}",
-             f"Workload: {result['workload']}", f"Command: `{result['command']}`", "",
-             "| ratio | median | 95 % CI |", "|---|---|---|"]
+    lines = [
+        "# Server overhead: steerserve vs vLLM's OpenAI server",
+        "",
+        f"Model: {result['model']}",
+        f"Workload: {result['workload']}",
+        f"Command: `{result['command']}`",
+        "",
+        "| ratio | median | 95 % CI |",
+        "|---|---|---|",
+    ]
     for name, row in result["ratios"].items():
         lines.append(f"| {name} | {row['median']:.3f} | [{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}] |")
     lines += ["", "| arm | median tok/s | TTFT p50 (ms) | TTFT p99 (ms) |", "|---|---|---|---|"]
@@ -198,7 +282,8 @@ def markdown(result: dict[str, Any]) -> str:
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reps", type=int, default=6)
+    parser.add_argument("--reps", type=int, default=5, help="repetitions per block")
+    parser.add_argument("--cycles", type=int, default=2, help="A B B A cycles are 2 per --cycles 2 (4 blocks)")
     parser.add_argument("--requests", type=int, default=96)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=48)

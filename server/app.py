@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import routes
 from server.admin import Admin
@@ -34,6 +35,36 @@ def shared_metrics() -> ServerMetrics:
     if _METRICS is None:
         _METRICS = ServerMetrics()
     return _METRICS
+
+
+class RequestContextMiddleware:
+    """Pure ASGI (no per-chunk task hop for streams): X-Request-Id echoed or generated; oversized bodies -> 413."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        asked = headers.get(b"x-request-id", b"").decode("latin-1")
+        rid = "".join(c for c in asked if c.isalnum() or c in "-_.")[:128] or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        stamp = (b"x-request-id", rid.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), stamp]
+            await send(message)
+
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            response = error_response(PayloadTooLargeError(f"request body over {self.max_body_bytes} bytes"))
+            await response(scope, receive, send_with_id)
+            return
+        await self.app(scope, receive, send_with_id)
 
 
 def create_app(settings: ServerSettings, engine: Any, store: VectorStore, served_model: str) -> FastAPI:
@@ -73,19 +104,7 @@ def create_app(settings: ServerSettings, engine: Any, store: VectorStore, served
             expose_headers=["X-Request-Id", "X-Steering-Config"],
         )
 
-    @app.middleware("http")
-    async def request_context(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-        request.state.request_id = "".join(c for c in rid if c.isalnum() or c in "-_.")[:128] or uuid.uuid4().hex
-        length = request.headers.get("content-length")
-        response: Response
-        if length is not None and length.isdigit() and int(length) > settings.max_vector_bytes:
-            response = error_response(PayloadTooLargeError(f"request body over {settings.max_vector_bytes} bytes"))
-        else:
-            response = await call_next(request)
-        response.headers["X-Request-Id"] = request.state.request_id
-        return response
-
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_vector_bytes)
     app.include_router(routes.public)
     app.include_router(routes.v1)
     app.include_router(routes.admin)

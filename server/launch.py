@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from pathlib import Path
 
 import uvicorn
@@ -69,6 +70,9 @@ async def serve(settings: ServerSettings) -> None:
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=30
     )
+    # uvicorn drains on SIGTERM, then re-raises it into the handler that was installed before it started; a no-op
+    # there lets the engine shut down and the process exit 0 (what process supervisors expect).
+    signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         await uvicorn.Server(config).serve()
     finally:
@@ -76,4 +80,10 @@ async def serve(settings: ServerSettings) -> None:
 
 
 def run(settings: ServerSettings) -> None:
-    asyncio.run(serve(settings))
+    """Serve on uvloop when it is installed (as vLLM's own server does), else on asyncio's default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(settings))
+        return
+    uvloop.run(serve(settings))

@@ -31,11 +31,11 @@ def state_of(request: Request) -> ServerState:
     return state
 
 
-def api_key(request: Request) -> None:
+async def api_key(request: Request) -> None:  # async: FastAPI runs sync dependencies in a thread pool
     state_of(request).keys.require_api(request)
 
 
-def admin_key(request: Request) -> None:
+async def admin_key(request: Request) -> None:
     state_of(request).keys.require_admin(request)
 
 

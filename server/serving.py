@@ -302,51 +302,39 @@ class OpenAIServing:
             async for output in self._generate(ids, params, steering, f"{request_id}-{pi}", timing):
                 await queue.put((pi, output))
 
-        tasks = [asyncio.create_task(pump(i, p)) for i, p in enumerate(prompts)]
-        done = asyncio.ensure_future(asyncio.gather(*tasks))
-        done.add_done_callback(lambda _: queue.put_nowait(None))
+        async def merged() -> AsyncIterator[tuple[int, Any]]:
+            if len(prompts) == 1:  # the common case: no fan-in task per request
+                async for output in self._generate(prompts[0], params, steering, f"{request_id}-0", timing):
+                    yield 0, output
+                return
+            tasks = [asyncio.create_task(pump(i, p)) for i, p in enumerate(prompts)]
+            done = asyncio.ensure_future(asyncio.gather(*tasks))
+            done.add_done_callback(lambda _: queue.put_nowait(None))
+            try:
+                while (item := await queue.get()) is not None:
+                    yield item
+                await done
+            finally:
+                for task in tasks:
+                    task.cancel()
+
         try:
             if req.echo:
                 for pi, ids in enumerate(prompts):
                     for k in range(req.n):
-                        yield {
-                            **base,
-                            "choices": [
-                                {
-                                    "index": pi * req.n + k,
-                                    "text": self.engine.tokenizer.decode(ids),
-                                    "logprobs": None,
-                                    "finish_reason": None,
-                                }
-                            ],
-                        }
-            while (item := await queue.get()) is not None:
-                pi, output = item
+                        yield {**base, "choices": [{"index": pi * req.n + k, "text": self.engine.tokenizer.decode(ids),
+                                                    "logprobs": None, "finish_reason": None}]}
+            async for pi, output in merged():
                 for out in output.outputs:
                     usage.completion_tokens += len(out.token_ids)
-                    logprobs = (
-                        self._legacy_logprobs([], None, list(out.token_ids), out.logprobs)
-                        if req.logprobs is not None
-                        else None
-                    )
-                    yield {
-                        **base,
-                        "choices": [
-                            {
-                                "index": pi * req.n + out.index,
-                                "text": out.text,
-                                "logprobs": logprobs,
-                                "finish_reason": out.finish_reason,
-                            }
-                        ],
-                    }
-            await done
+                    logprobs = (self._legacy_logprobs([], None, list(out.token_ids), out.logprobs)
+                                if req.logprobs is not None else None)
+                    yield {**base, "choices": [{"index": pi * req.n + out.index, "text": out.text,
+                                                "logprobs": logprobs, "finish_reason": out.finish_reason}]}
             status = "success"
             if req.stream_options is not None and req.stream_options.include_usage:
                 yield {**base, "choices": [], "usage": usage.to_json(), "steering": steering.describe()}
         finally:
-            for task in tasks:
-                task.cancel()
             self._record(steering, usage, timing, status)
 
     # ---- chat ---------------------------------------------------------------------------------------------
