@@ -322,15 +322,36 @@ class OpenAIServing:
             if req.echo:
                 for pi, ids in enumerate(prompts):
                     for k in range(req.n):
-                        yield {**base, "choices": [{"index": pi * req.n + k, "text": self.engine.tokenizer.decode(ids),
-                                                    "logprobs": None, "finish_reason": None}]}
+                        yield {
+                            **base,
+                            "choices": [
+                                {
+                                    "index": pi * req.n + k,
+                                    "text": self.engine.tokenizer.decode(ids),
+                                    "logprobs": None,
+                                    "finish_reason": None,
+                                }
+                            ],
+                        }
             async for pi, output in merged():
                 for out in output.outputs:
                     usage.completion_tokens += len(out.token_ids)
-                    logprobs = (self._legacy_logprobs([], None, list(out.token_ids), out.logprobs)
-                                if req.logprobs is not None else None)
-                    yield {**base, "choices": [{"index": pi * req.n + out.index, "text": out.text,
-                                                "logprobs": logprobs, "finish_reason": out.finish_reason}]}
+                    logprobs = (
+                        self._legacy_logprobs([], None, list(out.token_ids), out.logprobs)
+                        if req.logprobs is not None
+                        else None
+                    )
+                    yield {
+                        **base,
+                        "choices": [
+                            {
+                                "index": pi * req.n + out.index,
+                                "text": out.text,
+                                "logprobs": logprobs,
+                                "finish_reason": out.finish_reason,
+                            }
+                        ],
+                    }
             status = "success"
             if req.stream_options is not None and req.stream_options.include_usage:
                 yield {**base, "choices": [], "usage": usage.to_json(), "steering": steering.describe()}

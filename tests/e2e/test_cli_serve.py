@@ -23,8 +23,12 @@ pytestmark = pytest.mark.engine
 def start(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     exe = shutil.which("steerserve") or str(Path(sys.executable).with_name("steerserve"))
     env = {**os.environ, "STEERSERVE_DATA_DIR": str(data_dir), "VLLM_CPU_KVCACHE_SPACE": "1"}
-    return subprocess.Popen([exe, "serve", "--port", str(port), "--enforce-eager", "--max-model-len", "512"],
-                            env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [exe, "serve", "--port", str(port), "--enforce-eager", "--max-model-len", "512"],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 300) -> None:
@@ -58,8 +62,11 @@ def test_serve_defaults_persist_vectors_and_exit_cleanly(tmp_path: Path) -> None
         data = base64.b64encode(np.ones(hidden, dtype="<f4").tobytes()).decode()
         created = httpx.post(f"{url}/v1/steering/vectors", json={"id": "kept", "layers": {"1": data}})
         assert created.status_code == 201, created.text
-        out = httpx.post(f"{url}/v1/completions", timeout=60, json={
-            "model": "steerserve-demo", "prompt": "Q: 1+2", "max_tokens": 4, "steering": [{"vector": "kept"}]})
+        out = httpx.post(
+            f"{url}/v1/completions",
+            timeout=60,
+            json={"model": "steerserve-demo", "prompt": "Q: 1+2", "max_tokens": 4, "steering": [{"vector": "kept"}]},
+        )
         assert out.status_code == 200 and out.json()["steering"]["terms"][0]["vector"] == "kept"
     finally:
         code = stop(proc)

@@ -1,7 +1,9 @@
 """Scheduling must not change steering: chunked prefill, preemption and config queueing (real engine).
 
-A constrained engine (2 config slots, 32-token step budget, a KV cache of a few blocks) runs the same requests
-as the roomy shared engine; every output must match token for token.
+A constrained engine (2 config slots, 32-token step budget, a KV cache of 6 blocks of 32 tokens) runs the same
+requests as the roomy shared engine; every output must match token for token. Each request needs 4 blocks by
+its end (70+ prompt tokens + 40 generated); with `scheduler_reserve_full_isl` off, admission only checks the
+first chunk, so requests are over-admitted and the scheduler must preempt.
 """
 
 from __future__ import annotations
@@ -39,7 +41,12 @@ async def constrained_engine(tiny_llama: Path) -> Any:
         max_num_batched_tokens=32,
         max_num_seqs=8,
         max_model_len=128,
-        extra=(("num_gpu_blocks_override", 8), ("block_size", 32), ("max_logprobs", -1)),
+        extra=(
+            ("num_gpu_blocks_override", 6),
+            ("block_size", 32),
+            ("max_logprobs", -1),
+            ("scheduler_reserve_full_isl", False),
+        ),
     )
     yield engine
     engine.shutdown()
@@ -59,10 +66,10 @@ async def test_chunked_prefill_preemption_and_queueing_change_nothing(
     ]
     before = _preemptions()
     constrained = await asyncio.gather(
-        *(run(constrained_engine, p, t, vectors, 24) for p, t in zip(batch, plans, strict=True))
+        *(run(constrained_engine, p, t, vectors, 40) for p, t in zip(batch, plans, strict=True))
     )
     preempted = _preemptions() - before
-    roomy = await asyncio.gather(*(run(llama_engine, p, t, vectors, 24) for p, t in zip(batch, plans, strict=True)))
+    roomy = await asyncio.gather(*(run(llama_engine, p, t, vectors, 40) for p, t in zip(batch, plans, strict=True)))
     for i, (a, b) in enumerate(zip(constrained, roomy, strict=True)):
         assert a.token_ids == b.token_ids, f"request {i} ({plans[i]}) differs under chunking/preemption"
     assert preempted > 0, "the constrained engine was meant to preempt; make its KV cache smaller"

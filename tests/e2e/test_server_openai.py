@@ -227,3 +227,46 @@ async def test_client_disconnect_aborts_the_engine_request(server: str, llama_en
         pending.cancel()
         await asyncio.gather(pending, return_exceptions=True)
     assert await _engine_idle(llama_engine), "a non-streaming request kept running after its client left"
+
+
+async def test_structured_output_logprobs_and_echo(server: str, llama_engine: Any) -> None:
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=f"{server}/v1", api_key="user-secret")
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}},
+        "required": ["a"],
+        "additionalProperties": False,
+    }
+    chat = await client.chat.completions.create(
+        model=SERVED,
+        messages=[{"role": "user", "content": "json please"}],
+        max_tokens=40,
+        temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+    )
+    text = chat.choices[0].message.content or ""
+    assert text.lstrip().startswith("{"), text  # the grammar forces JSON even on random weights
+    if chat.choices[0].finish_reason == "stop":
+        import json
+
+        assert isinstance(json.loads(text)["a"], int)
+    completion = await client.completions.create(
+        model=SERVED, prompt="Q: 1+1", max_tokens=5, temperature=0, logprobs=2, echo=True
+    )
+    choice = completion.choices[0]
+    prompt_len = len(llama_engine.tokenizer.encode("Q: 1+1"))
+    assert choice.text.startswith("Q: 1+1") and choice.logprobs is not None
+    assert len(choice.logprobs.tokens) == prompt_len + 5 and choice.logprobs.token_logprobs[0] is None
+    assert all(lp is not None and lp <= 0 for lp in choice.logprobs.token_logprobs[prompt_len:])
+    with_top = await client.chat.completions.create(
+        model=SERVED,
+        messages=[{"role": "user", "content": "x"}],
+        max_tokens=3,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    content = with_top.choices[0].logprobs.content
+    assert len(content) == 3 and all(len(item.top_logprobs) == 2 for item in content)
