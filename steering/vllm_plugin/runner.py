@@ -101,6 +101,8 @@ def _v1_prepare_inputs(original: Callable[..., Any]) -> Callable[..., Any]:
                 if req_id not in state.known_requests:
                     params = self.requests[req_id].sampling_params
                     state.attach_request(req_id, getattr(params, "extra_args", None))
+            if state.idle:
+                return result
             layout = token_layout(
                 state.slots_for(req_ids),
                 num_scheduled_tokens,
@@ -155,7 +157,7 @@ def _v2_prepare_inputs(original: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         input_batch = original(self, *args, **kwargs)
         state = state_of(self)
-        if state is not None:
+        if state is not None and not state.idle:
             state.prepare_step(v2_layout(self, state, input_batch), input_batch.input_ids)
         return input_batch
 

@@ -150,6 +150,11 @@ class SteeringState:
         return np.fromiter(((slot_of(config[r]) or 0) if r in config else 0 for r in req_ids), dtype=np.int64)
 
     @property
+    def idle(self) -> bool:
+        """No steered request is known and the buffers already say "slot 0": a step needs no work."""
+        return not self._request_config and self._dirty_tokens == 0
+
+    @property
     def active_requests(self) -> int:
         return len(self._request_config)
 
@@ -204,7 +209,7 @@ class SteeringState:
         n = layout.num_tokens
         steered = bool(layout.slot.any())
         if not steered:
-            self.site_channels = {}
+            self.site_channels = {}  # (idle steps skip this method: the dict is already empty after a clean step)
             if self._dirty_tokens:
                 self.token_slot[: self._dirty_tokens].zero_()
                 self._dirty_tokens = 0
