@@ -15,6 +15,7 @@ from safetensors.numpy import load
 
 from server.app import create_app
 from server.settings import ServerSettings
+from steering.store.base import StoreUnavailableError
 from steering.store.embedded import EmbeddedStore
 from tests.server.fake_engine import FakeEngine
 
@@ -267,3 +268,52 @@ async def test_tokenize_detokenize_version_health(client: Any) -> None:
     assert (await c.get("/version")).json()["vllm"] == "fake"
     engine.healthy = False
     assert (await c.get("/health")).status_code == 503
+
+
+async def test_cors_is_off_by_default_and_configurable(tmp_path: Path) -> None:
+    preflight = {"Origin": "http://ui.example", "Access-Control-Request-Method": "POST"}
+    closed, _, app = await make_client(tmp_path / "a")
+    async with app.router.lifespan_context(app):
+        response = await closed.options("/v1/completions", headers=preflight)
+        assert "access-control-allow-origin" not in response.headers
+    await closed.aclose()
+    opened, _, app = await make_client(tmp_path / "b", cors_origins=["http://ui.example"])
+    async with app.router.lifespan_context(app):
+        response = await opened.options("/v1/completions", headers=preflight)
+        assert response.headers["access-control-allow-origin"] == "http://ui.example"
+    await opened.aclose()
+
+
+class FailingStore(EmbeddedStore):
+    """An embedded store whose reads fail as a Redis outage would."""
+
+    failing = False
+
+    async def latest_version(self, vector_id: str) -> int | None:
+        if self.failing:
+            raise StoreUnavailableError("connection refused")
+        return await super().latest_version(vector_id)
+
+    async def get_vector(self, vector_id: str, version: int | None = None) -> Any:
+        if self.failing:
+            raise StoreUnavailableError("connection refused")
+        return await super().get_vector(vector_id, version)
+
+
+async def test_registry_outage_serves_cached_and_503s_uncached(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    store = FailingStore(tmp_path / "reg.sqlite3", MODEL)
+    app = create_app(ServerSettings(model="m", data_dir=tmp_path), engine, store, MODEL)
+    async with app.router.lifespan_context(app):
+        c = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+        await c.post("/v1/steering/vectors", json=upload("cached"))
+        await c.post("/v1/steering/vectors", json=upload("cold"))
+        body = {"model": MODEL, "prompt": "x", "steering": [{"vector": "cached@1"}]}
+        assert (await c.post("/v1/completions", json=body)).status_code == 200  # now in the cache
+        store.failing = True
+        assert (await c.post("/v1/completions", json=body)).status_code == 200
+        cold = await c.post("/v1/completions", json={**body, "steering": [{"vector": "cold"}]})
+        error = assert_error(cold, 503)
+        assert error["code"] == "registry_unavailable" and cold.headers["retry-after"] == "1"
+        assert (await c.post("/v1/completions", json={"model": MODEL, "prompt": "x"})).status_code == 200
+        await c.aclose()
