@@ -74,10 +74,6 @@ def defaults_of(body: VectorUpload, shape: ModelShape, layers: dict[int, Float32
     return VectorDefaults(strength=d.strength, op=d.op, site=d.site, positions=d.positions, layers=default_layers)
 
 
-def record_json(record: VectorRecord) -> dict[str, Any]:
-    return record.to_json()
-
-
 def safetensors_bytes(record: VectorRecord, layers: dict[int, Float32Array]) -> bytes:
     tensors = {f"layer.{k}": np.ascontiguousarray(v, dtype=np.float32) for k, v in sorted(layers.items())}
     meta = {

@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -487,10 +487,3 @@ class OpenAIServing:
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(sse(), media_type="text/event-stream", headers=self._headers(steering))
-
-
-def new_request_id() -> str:
-    return uuid.uuid4().hex
-
-
-RequestIdFactory = Callable[[], str]

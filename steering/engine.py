@@ -196,27 +196,22 @@ class SteeringEngine:
             inputs: dict[str, Any] = (
                 {"prompt": prompt} if isinstance(prompt, str) else {"prompt_token_ids": list(prompt)}
             )
-            salt = cache_salt
+            params, salt, held = sampling_params, cache_salt, set[str]()
             if spec is not None:
-                vectors = [t.vector for t in spec.terms if t.vector is not None]
+                params = sampling_params.clone()
+                params.extra_args = {**(params.extra_args or {}), "steerserve": spec.engine_payload()}
+                salt = f"steer:{spec.config_hash}" + (f"|{cache_salt}" if cache_salt else "")
                 held = set(spec.vector_hashes)
-                self._hold(held)
-                try:
-                    await self.load_vectors(vectors)
-                    params = sampling_params.clone()
-                    params.extra_args = {**(params.extra_args or {}), "steerserve": spec.engine_payload()}
-                    salt = f"steer:{spec.config_hash}" + (f"|{cache_salt}" if cache_salt else "")
-                    if salt:
-                        inputs["cache_salt"] = salt
-                    async for output in self.llm.generate(inputs, params, request_id):
-                        yield output
-                finally:
-                    self._release(held)
-                return
             if salt:
                 inputs["cache_salt"] = salt
-            async for output in self.llm.generate(inputs, sampling_params, request_id):
-                yield output
+            self._hold(held)
+            try:
+                if spec is not None:
+                    await self.load_vectors(t.vector for t in spec.terms if t.vector is not None)
+                async for output in self.llm.generate(inputs, params, request_id):
+                    yield output
+            finally:
+                self._release(held)
 
     def _hold(self, hashes: set[str]) -> None:
         for sha in hashes:

@@ -203,12 +203,6 @@ class RedisStore(VectorStore):
 
         self._listener = asyncio.create_task(listen())
 
-    async def ping(self) -> bool:
-        try:
-            return bool(await self._redis.ping())
-        except (RedisError, OSError):
-            return False
-
     async def close(self) -> None:
         if self._listener is not None:
             self._listener.cancel()

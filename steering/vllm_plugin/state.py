@@ -209,7 +209,7 @@ class SteeringState:
         n = layout.num_tokens
         steered = bool(layout.slot.any())
         if not steered:
-            self.site_channels = {}  # (idle steps skip this method: the dict is already empty after a clean step)
+            self.site_channels = {}
             if self._dirty_tokens:
                 self.token_slot[: self._dirty_tokens].zero_()
                 self._dirty_tokens = 0
