@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import typer
 
+from clients.cli_ab import ab
+from clients.cli_vectors import vectors
+
 app = typer.Typer(help="steerserve: per-request activation steering on vLLM.", no_args_is_help=True)
+app.add_typer(vectors, name="vectors")
+app.add_typer(ab, name="ab")
 
 
 @app.command(

@@ -94,13 +94,7 @@ class Admin:
         self.shape = shape
 
     def fingerprint(self) -> dict[str, Any]:
-        s = self.shape
-        return {
-            "architecture": s.architecture,
-            "hidden_size": s.hidden_size,
-            "num_layers": s.num_layers,
-            "name": s.name,
-        }
+        return self.shape.fingerprint()
 
     async def add_vector(self, body: VectorUpload) -> VectorRecord:
         layers = decode_upload(body, self.shape)

@@ -16,12 +16,16 @@ from server import routes
 from server.admin import Admin
 from server.auth import KeyPolicy
 from server.errors import PayloadTooLargeError, error_response, install_error_handlers
+from server.experiments import Experiments
 from server.metrics import ServerMetrics
+from server.reasoning import ReasoningMarkers
 from server.serving import OpenAIServing
 from server.settings import ServerSettings
 from server.state import ServerState
 from server.steering_sources import SteeringSources
+from server.workflow_routes import workflow
 from steering import __version__
+from steering.extract.jobs import ExtractionJobs
 from steering.store.base import VectorStore
 from steering.store.cache import CachedRegistry
 
@@ -67,21 +71,40 @@ class RequestContextMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+def reasoning_markers(settings: ServerSettings, tokenizer: Any) -> ReasoningMarkers | None:
+    """The thinking markers to split on: "auto" turns them on when the end marker is one token of the vocab."""
+    if settings.reasoning == "off":
+        return None
+    markers = ReasoningMarkers(settings.reasoning_start, settings.reasoning_end)
+    if settings.reasoning == "on":
+        return markers
+    return markers if len(tokenizer.encode(markers.end, add_special_tokens=False)) == 1 else None
+
+
 def create_app(settings: ServerSettings, engine: Any, store: VectorStore, served_model: str) -> FastAPI:
     """An app around a started engine and an opened store; both are closed when the app shuts down."""
     registry = CachedRegistry(store)
-    sources = SteeringSources(registry, engine, served_model)
+    experiments = Experiments(store)
+    sources = SteeringSources(registry, engine, served_model, experiments)
     metrics = shared_metrics()
     metrics.track_waiting(lambda: float(engine.admission.waiting))
+    admin = Admin(registry, sources, engine.shape)
+    markers = reasoning_markers(settings, engine.tokenizer)
     state = ServerState(
         settings=settings,
         engine=engine,
         registry=registry,
-        serving=OpenAIServing(engine, sources, metrics, served_model, settings.max_queued_requests),
-        admin=Admin(registry, sources, engine.shape),
+        serving=OpenAIServing(
+            engine, sources, metrics, served_model, settings.max_queued_requests, markers, experiments
+        ),
+        admin=admin,
         metrics=metrics,
         keys=KeyPolicy(settings.api_key, settings.admin_key),
         served_model=served_model,
+        experiments=experiments,
+        jobs=ExtractionJobs(
+            engine, store, admin.fingerprint(), lambda vector_id: registry.invalidate("vector", vector_id)
+        ),
     )
 
     @asynccontextmanager
@@ -101,11 +124,12 @@ def create_app(settings: ServerSettings, engine: Any, store: VectorStore, served
             allow_origins=settings.cors_origins,
             allow_methods=["*"],
             allow_headers=["*"],
-            expose_headers=["X-Request-Id", "X-Steering-Config"],
+            expose_headers=["X-Request-Id", "X-Steering-Config", "X-Steering-Arm"],
         )
 
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_vector_bytes)
     app.include_router(routes.public)
     app.include_router(routes.v1)
     app.include_router(routes.admin)
+    app.include_router(workflow)
     return app

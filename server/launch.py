@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -16,15 +17,52 @@ from steering.store.base import VectorStore
 logger = logging.getLogger("steerserve.server")
 
 
+DEMO_NAME = "steerserve-demo"
+
+
+def demo_model_dir() -> Path:
+    """The bundled toy reasoning model (trained by `steering.models.demo_train`)."""
+    import steering.models
+
+    return Path(steering.models.__file__).parent / "demo"
+
+
 def resolve_model(settings: ServerSettings) -> str:
-    """The model to serve: --model, or the demo model built offline under --data-dir on first start."""
+    """The model to serve: --model, or the bundled toy demo reasoning model."""
     if settings.model:
         return settings.model
-    from steering.models.tiny import TinyModelSpec, build_tiny_model
-
-    path = build_tiny_model(TinyModelSpec(), Path(settings.data_dir) / "models")
-    logger.info("no --model given: serving the tiny offline demo model at %s", path)
+    path = demo_model_dir()
+    if not (path / "model.safetensors").exists():
+        raise SystemExit(f"the bundled demo model is missing at {path}; pass --model")
+    logger.info("no --model given: serving the bundled toy demo reasoning model (%s)", path)
     return str(path)
+
+
+async def install_demo_assets(store: VectorStore, model_dir: Path, fingerprint: dict[str, Any]) -> None:
+    """First start on the demo model: register its reflection vector and the reflect-up/down presets."""
+    import json
+
+    from safetensors.numpy import load_file
+
+    from steering.spec import SteeringTerm
+    from steering.store.base import Preset
+    from steering.vectors import VectorDefaults
+
+    meta_path = model_dir / "reflection.json"
+    if not meta_path.exists():
+        return
+    meta = json.loads(meta_path.read_text())
+    if await store.latest_version(meta["id"]) is None:
+        tensors = load_file(str(model_dir / "reflection.safetensors"))
+        layers = {int(name.split(".")[1]): values for name, values in tensors.items()}
+        d = meta["defaults"]
+        defaults = VectorDefaults(d["strength"], d["op"], d["site"], d["positions"], tuple(d["layers"]))
+        await store.add_vector(meta["id"], layers, defaults, meta["description"], meta["provenance"], fingerprint)
+        logger.info("registered the demo's %r vector", meta["id"])
+    for name, body in meta["presets"].items():
+        if await store.get_preset(name) is None:
+            terms = [SteeringTerm.model_validate(t) for t in body["steering"]]
+            await store.put_preset(Preset(name=name, steering=terms, description=body["description"]))
 
 
 def open_store(settings: ServerSettings, namespace: str) -> VectorStore:
@@ -63,9 +101,11 @@ async def serve(settings: ServerSettings) -> None:
     from steering.engine import SteeringEngine
 
     model = resolve_model(settings)
-    served = settings.served_model_name or (settings.model or "steerserve-demo")
+    served = settings.served_model_name or (settings.model or DEMO_NAME)
     engine = SteeringEngine.create(engine_settings(settings, model, served))  # type: ignore[arg-type]
     store = open_store(settings, settings.registry_namespace or served)
+    if not settings.model:
+        await install_demo_assets(store, Path(model), engine.shape.fingerprint())
     app = create_app(settings.model_copy(update={"model": model}), engine, store, served)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=30

@@ -36,6 +36,35 @@ class ServerMetrics:
             "steerserve:vector_cache_stale_served", "Cached entries served while the store failed.", registry=registry
         )
         self.registry_errors = Counter("steerserve:registry_errors", "Registry (store) errors.", registry=registry)
+        arm = ("preset", "arm")
+        self.responses = Counter(
+            "steerserve:responses",
+            "Finished responses (choices), by preset and experiment arm.",
+            arm,
+            registry=registry,
+        )
+        self.responses_with_reflection = Counter(
+            "steerserve:responses_with_reflection",
+            "Responses with at least one reflection keyword.",
+            arm,
+            registry=registry,
+        )
+        self.reflection_markers = Counter(
+            "steerserve:reflection_markers",
+            "Reflection keywords in responses, inside (reasoning) and outside (content) the thinking section.",
+            (*arm, "section"),
+            registry=registry,
+        )
+        self.reasoning_tokens = Counter(
+            "steerserve:reasoning_tokens", "Tokens inside thinking sections.", arm, registry=registry
+        )
+        self.completion_tokens_per_response = Histogram(
+            "steerserve:completion_tokens_per_response",
+            "Completion tokens of one response (choice).",
+            arm,
+            buckets=(8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768),
+            registry=registry,
+        )
         self._synced = {"hits": 0, "misses": 0, "stale": 0, "errors": 0}
 
     def sync_cache(self, hits: int, misses: int, stale: int, errors: int) -> None:

@@ -72,6 +72,7 @@ class SamplingFields(BaseModel):
     stop_token_ids: list[int] | None = None
     # steering
     steering: SteeringField = Field(default=None, description="A list of steering terms, or the name of a preset.")
+    experiment: str | None = Field(default=None, description="Join this A/B experiment (it picks the steering).")
 
     @field_validator("temperature", "top_p", "presence_penalty", "frequency_penalty", "min_p", "repetition_penalty")
     @classmethod
@@ -129,6 +130,9 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    max_reasoning_tokens: int | None = Field(
+        default=None, ge=1, description="Thinking budget: at this many tokens the thinking section is closed."
+    )
 
 
 class TokenizeRequest(BaseModel):

@@ -14,19 +14,31 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from server.errors import BadRequestError, OverloadedError, error_response
+from server.experiments import Experiments
 from server.metrics import ServerMetrics
 from server.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from server.reasoning import ReasoningMarkers, StreamingSplitter, reflection_of, split_reasoning
 from server.steering_sources import HEADER, RequestSteering, SteeringSources
+from server.thinking import generate_with_budget
+from steering.extract.keywords import ReflectionCount
 
 
 @dataclass
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning_tokens: int | None = None  # set when the model has a thinking section
 
-    def to_json(self) -> dict[str, int]:
+    def to_json(self) -> dict[str, Any]:
         total = self.prompt_tokens + self.completion_tokens
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "total_tokens": total}
+        body: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": total,
+        }
+        if self.reasoning_tokens is not None:
+            body["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
+        return body
 
 
 @dataclass
@@ -53,6 +65,8 @@ class OpenAIServing:
         metrics: ServerMetrics,
         served_model: str,
         max_in_flight: int,
+        markers: ReasoningMarkers | None = None,
+        experiments: Experiments | None = None,
     ) -> None:
         self.engine = engine
         self.sources = sources
@@ -60,6 +74,16 @@ class OpenAIServing:
         self.served_model = served_model
         self.max_in_flight = max_in_flight
         self.in_flight = 0
+        self.markers = markers
+        self.experiments = experiments
+        self.opened = False  # the chat template itself opens the thinking section (R1 style)
+        self.close_ids: list[int] = []
+        if markers is not None:
+            probe = engine.render_chat([{"role": "user", "content": "x"}])
+            self.opened = str(engine.tokenizer.decode(probe)).rstrip().endswith(markers.start)
+            self.close_ids = list(engine.tokenizer.encode(f"\n\n{markers.end}\n", add_special_tokens=False))
+            end_ids = engine.tokenizer.encode(markers.end, add_special_tokens=False)
+            self._end_id: int | None = int(end_ids[0]) if len(end_ids) == 1 else None
 
     # ---- shared -------------------------------------------------------------------------------------------
     async def _steering(self, req: SamplingFields, http: Request) -> RequestSteering:
@@ -68,7 +92,62 @@ class OpenAIServing:
             if problem.lower().startswith("steer"):
                 raise BadRequestError(f"unknown steering field {problem!r} (use 'steering')", param=problem)
             raise BadRequestError(f"field {problem!r} is not supported by this server", param=problem)
-        return await self.sources.for_request(req.model, req.steering, http.headers.get(HEADER))
+        return await self.sources.for_request(
+            req.model, req.steering, http.headers.get(HEADER), req.experiment, req.user
+        )
+
+    def _reasoning_tokens(self, ids: list[int], text: str) -> int:
+        """Tokens of the thinking section, its end marker included (0 without a section)."""
+        if self.markers is None:
+            return 0
+        reasoning, _ = split_reasoning(self.markers.start + text if self.opened else text, self.markers)
+        if reasoning is None:
+            return 0
+        if self._end_id is not None and self._end_id in ids:
+            return ids.index(self._end_id) + 1
+        if self.markers.end not in text:
+            return len(ids)
+        return len(self.engine.tokenizer.encode(reasoning, add_special_tokens=False))
+
+    def _reflection(self, text: str) -> ReflectionCount:
+        if self.markers is not None and self.opened and self.markers.start not in text:
+            text = self.markers.start + text
+        return reflection_of(text, self.markers)
+
+    def _observe(
+        self,
+        steering: RequestSteering,
+        counts: list[ReflectionCount],
+        tokens: list[int],
+        reasoning_tokens: int,
+        truncated: list[bool],
+        timing: Timing,
+    ) -> dict[str, Any]:
+        """Reflection metrics and experiment tallies of one finished response; returns its `steering` object."""
+        labels = (steering.label, steering.arm_label)
+        m = self.metrics
+        for count in counts:
+            m.responses.labels(*labels).inc()
+            if count.reflected:
+                m.responses_with_reflection.labels(*labels).inc()
+            m.reflection_markers.labels(*labels, "reasoning").inc(count.reasoning)
+            m.reflection_markers.labels(*labels, "content").inc(count.content)
+        for n in tokens:
+            m.completion_tokens_per_response.labels(*labels).observe(n)
+        m.reasoning_tokens.labels(*labels).inc(reasoning_tokens)
+        latency = time.perf_counter() - timing.start
+        if self.experiments is not None and steering.experiment and steering.arm:
+            for count, n, cut in zip(counts, tokens, truncated, strict=True):
+                self.experiments.record(steering.experiment, steering.arm, n, latency, count.total, cut)
+        body = steering.describe()
+        body["reflection"] = {
+            "markers": sum(c.total for c in counts),
+            "markers_reasoning": sum(c.reasoning for c in counts),
+            "markers_content": sum(c.content for c in counts),
+            "responses_with_reflection": sum(c.reflected for c in counts),
+            "per_choice": [c.total for c in counts],
+        }
+        return body
 
     def _params(
         self,
@@ -146,7 +225,10 @@ class OpenAIServing:
         m.generation_tokens.labels(*labels).inc(usage.completion_tokens)
 
     def _headers(self, steering: RequestSteering) -> dict[str, str]:
-        return {"X-Steering-Config": steering.header_value}
+        headers = {"X-Steering-Config": steering.header_value}
+        if steering.experiment and steering.arm:
+            headers["X-Steering-Arm"] = steering.arm
+        return headers
 
     async def _generate(
         self, prompt: list[int], params: Any, steering: RequestSteering, request_id: str, timing: Timing
@@ -238,10 +320,16 @@ class OpenAIServing:
             self._record(steering, usage, timing, "aborted")
             return None
         choices = []
+        counts: list[ReflectionCount] = []
+        lengths: list[int] = []
+        cuts: list[bool] = []
         for pi, (ids, final) in enumerate(zip(prompts, finals, strict=True)):
             usage.prompt_tokens += len(ids)
             for out in final.outputs:
                 usage.completion_tokens += len(out.token_ids)
+                counts.append(self._reflection(out.text))
+                lengths.append(len(out.token_ids))
+                cuts.append(out.finish_reason == "length")
                 text = (self.engine.tokenizer.decode(ids) if req.echo else "") + out.text
                 logprobs = None
                 if req.logprobs is not None:
@@ -260,7 +348,8 @@ class OpenAIServing:
                     }
                 )
         self._record(steering, usage, timing, "success")
-        body = {**base, "choices": choices, "usage": usage.to_json(), "steering": steering.describe()}
+        described = self._observe(steering, counts, lengths, 0, cuts, timing)
+        body = {**base, "choices": choices, "usage": usage.to_json(), "steering": described}
         return JSONResponse(body, headers=self._headers(steering))
 
     def _legacy_logprobs(self, prompt_ids: list[int], prompt_lps: Any, ids: list[int], lps: Any) -> dict[str, Any]:
@@ -296,6 +385,9 @@ class OpenAIServing:
         timing = Timing()
         usage = Usage(prompt_tokens=sum(len(p) for p in prompts))
         status = "aborted"
+        texts: dict[int, str] = {}
+        lengths: dict[int, int] = {}
+        finishes: dict[int, str | None] = {}
         queue: asyncio.Queue[tuple[int, Any] | None] = asyncio.Queue()
 
         async def pump(pi: int, ids: list[int]) -> None:
@@ -336,6 +428,10 @@ class OpenAIServing:
             async for pi, output in merged():
                 for out in output.outputs:
                     usage.completion_tokens += len(out.token_ids)
+                    key = pi * req.n + out.index
+                    texts[key] = texts.get(key, "") + out.text
+                    lengths[key] = lengths.get(key, 0) + len(out.token_ids)
+                    finishes[key] = out.finish_reason
                     logprobs = (
                         self._legacy_logprobs([], None, list(out.token_ids), out.logprobs)
                         if req.logprobs is not None
@@ -353,8 +449,17 @@ class OpenAIServing:
                         ],
                     }
             status = "success"
+            keys = sorted(texts)
+            described = self._observe(
+                steering,
+                [self._reflection(texts[k]) for k in keys],
+                [lengths[k] for k in keys],
+                0,
+                [finishes[k] == "length" for k in keys],
+                timing,
+            )
             if req.stream_options is not None and req.stream_options.include_usage:
-                yield {**base, "choices": [], "usage": usage.to_json(), "steering": steering.describe()}
+                yield {**base, "choices": [], "usage": usage.to_json(), "steering": described}
         finally:
             self._record(steering, usage, timing, status)
 
@@ -370,42 +475,115 @@ class OpenAIServing:
         prompt = self.engine.render_chat(messages)
         asked = req.max_completion_tokens or req.max_tokens
         room = self._check_length(prompt, asked, "messages")
+        budget = self._budget(req)
         self._admit()
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         params = self._params(req, asked or room, logprobs, None, req.stream)
         base = {"id": f"chatcmpl-{request_id}", "created": int(time.time()), "model": req.model}
         if req.stream:
-            return self._stream(self._chat_chunks(req, prompt, params, steering, request_id, base), steering)
+            return self._stream(self._chat_chunks(req, prompt, params, steering, request_id, base, budget), steering)
         timing = Timing()
-        final = await self._until_disconnect(http, self._collect(prompt, params, steering, request_id, timing))
-        usage = Usage(prompt_tokens=len(prompt))
+        final = await self._until_disconnect(
+            http, self._collect_chat(prompt, params, steering, request_id, timing, budget)
+        )
+        usage = Usage(prompt_tokens=len(prompt), reasoning_tokens=0 if self.markers is not None else None)
         if final is None:
             self._record(steering, usage, timing, "aborted")
             return None
         choices = []
+        counts: list[ReflectionCount] = []
         for out in final.outputs:
-            usage.completion_tokens += len(out.token_ids)
+            ids = list(out.token_ids)
+            usage.completion_tokens += len(ids)
+            message: dict[str, Any] = {"role": "assistant", "content": out.text}
+            if self.markers is not None:
+                text = self.markers.start + out.text if self.opened else out.text
+                reasoning, content = split_reasoning(text, self.markers)
+                message = {"role": "assistant", "content": content, "reasoning_content": reasoning}
+                usage.reasoning_tokens = (usage.reasoning_tokens or 0) + self._reasoning_tokens(ids, out.text)
+            counts.append(self._reflection(out.text))
             choices.append(
                 {
                     "index": out.index,
-                    "message": {"role": "assistant", "content": out.text},
+                    "message": message,
                     "logprobs": (
-                        self._chat_logprobs(list(out.token_ids), out.logprobs, req.top_logprobs or 0)
-                        if req.logprobs
-                        else None
+                        self._chat_logprobs(ids, out.logprobs, req.top_logprobs or 0) if req.logprobs else None
                     ),
                     "finish_reason": out.finish_reason,
                 }
             )
         self._record(steering, usage, timing, "success")
+        described = self._observe(
+            steering,
+            counts,
+            [len(o.token_ids) for o in final.outputs],
+            usage.reasoning_tokens or 0,
+            [o.finish_reason == "length" for o in final.outputs],
+            timing,
+        )
         body = {
             **base,
             "object": "chat.completion",
             "choices": choices,
             "usage": usage.to_json(),
-            "steering": steering.describe(),
+            "steering": described,
         }
         return JSONResponse(body, headers=self._headers(steering))
+
+    def _budget(self, req: ChatCompletionRequest) -> int | None:
+        if req.max_reasoning_tokens is None:
+            return None
+        if self.markers is None:
+            raise BadRequestError("this model has no thinking section to budget", param="max_reasoning_tokens")
+        if req.n != 1 or req.logprobs:
+            raise BadRequestError(
+                "max_reasoning_tokens works with n=1 and without logprobs", param="max_reasoning_tokens"
+            )
+        return req.max_reasoning_tokens
+
+    def _chat_outputs(
+        self,
+        prompt: list[int],
+        params: Any,
+        steering: RequestSteering,
+        request_id: str,
+        timing: Timing,
+        budget: int | None,
+    ) -> AsyncIterator[Any]:
+        if budget is None or self.markers is None:
+            return self._generate(prompt, params, steering, request_id, timing)
+
+        def generate(ids: list[int], p: Any, rid: str) -> AsyncIterator[Any]:
+            return self._generate(ids, p, steering, rid, timing)
+
+        close_text = str(self.engine.tokenizer.decode(self.close_ids))
+        stream = params.output_kind.name == "DELTA"
+        return generate_with_budget(
+            generate,
+            prompt,
+            params,
+            request_id,
+            budget,
+            self.close_ids,
+            close_text,
+            (self.markers.start, self.markers.end),
+            self.opened,
+            stream,
+        )
+
+    async def _collect_chat(
+        self,
+        prompt: list[int],
+        params: Any,
+        steering: RequestSteering,
+        request_id: str,
+        timing: Timing,
+        budget: int | None,
+    ) -> Any:
+        final = None
+        async for output in self._chat_outputs(prompt, params, steering, request_id, timing, budget):
+            final = output
+        return final
 
     def _chat_logprobs(self, ids: list[int], lps: Any, top_n: int) -> dict[str, Any]:
         content = []
@@ -434,11 +612,16 @@ class OpenAIServing:
         steering: RequestSteering,
         request_id: str,
         base: dict[str, Any],
+        budget: int | None,
     ) -> AsyncIterator[dict[str, Any]]:
         timing = Timing()
-        usage = Usage(prompt_tokens=len(prompt))
+        usage = Usage(prompt_tokens=len(prompt), reasoning_tokens=0 if self.markers is not None else None)
         status = "aborted"
         chunk = {**base, "object": "chat.completion.chunk"}
+        splitters = {k: StreamingSplitter(self.markers, self.opened) for k in range(req.n)} if self.markers else {}
+        texts = dict.fromkeys(range(req.n), "")
+        ids: dict[int, list[int]] = {k: [] for k in range(req.n)}
+        finishes: dict[int, str | None] = {}
         try:
             for k in range(req.n):
                 yield {
@@ -452,28 +635,46 @@ class OpenAIServing:
                         }
                     ],
                 }
-            async for output in self._generate(prompt, params, steering, request_id, timing):
+            async for output in self._chat_outputs(prompt, params, steering, request_id, timing, budget):
                 for out in output.outputs:
-                    usage.completion_tokens += len(out.token_ids)
+                    new_ids = list(out.token_ids)
+                    usage.completion_tokens += len(new_ids)
+                    texts[out.index] += out.text
+                    ids[out.index] += new_ids
+                    finishes[out.index] = out.finish_reason
+                    delta: dict[str, Any] = {"content": out.text}
+                    if splitters:
+                        reasoning, content = splitters[out.index].feed(out.text, final=out.finish_reason is not None)
+                        delta = {"content": content} if not reasoning else {"reasoning_content": reasoning}
+                        if reasoning and content:
+                            delta["content"] = content
                     logprobs = (
-                        self._chat_logprobs(list(out.token_ids), out.logprobs, req.top_logprobs or 0)
-                        if req.logprobs
-                        else None
+                        self._chat_logprobs(new_ids, out.logprobs, req.top_logprobs or 0) if req.logprobs else None
                     )
                     yield {
                         **chunk,
                         "choices": [
                             {
                                 "index": out.index,
-                                "delta": {"content": out.text},
+                                "delta": delta,
                                 "logprobs": logprobs,
                                 "finish_reason": out.finish_reason,
                             }
                         ],
                     }
             status = "success"
+            if self.markers is not None:
+                usage.reasoning_tokens = sum(self._reasoning_tokens(ids[k], texts[k]) for k in texts)
+            described = self._observe(
+                steering,
+                [self._reflection(texts[k]) for k in sorted(texts)],
+                [len(ids[k]) for k in sorted(ids)],
+                usage.reasoning_tokens or 0,
+                [finishes.get(k) == "length" for k in sorted(texts)],
+                timing,
+            )
             if req.stream_options is not None and req.stream_options.include_usage:
-                yield {**chunk, "choices": [], "usage": usage.to_json(), "steering": steering.describe()}
+                yield {**chunk, "choices": [], "usage": usage.to_json(), "steering": described}
         finally:
             self._record(steering, usage, timing, status)
 

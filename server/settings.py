@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,6 +39,12 @@ class ServerSettings(BaseSettings):
     max_queued_requests: int = Field(default=256, description="Requests in flight before new ones get 503.")
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins (default: CORS off).")
     max_vector_bytes: int = Field(default=64 * 1024 * 1024, description="Largest vector upload body in bytes.")
+    reasoning: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Split the thinking section into reasoning_content (auto: when the end marker is a token).",
+    )
+    reasoning_start: str = Field(default="<think>", description="Marker that opens the thinking section.")
+    reasoning_end: str = Field(default="</think>", description="Marker that closes the thinking section.")
     # engine pass-through
     dtype: str = Field(default="auto", description="Model dtype (vLLM --dtype).")
     max_model_len: int | None = Field(default=None, description="Context length (vLLM --max-model-len).")

@@ -7,9 +7,11 @@ from typing import Any
 
 from server.admin import Admin
 from server.auth import KeyPolicy
+from server.experiments import Experiments
 from server.metrics import ServerMetrics
 from server.serving import OpenAIServing
 from server.settings import ServerSettings
+from steering.extract.jobs import ExtractionJobs
 from steering.store.cache import CachedRegistry
 
 
@@ -23,6 +25,8 @@ class ServerState:
     metrics: ServerMetrics
     keys: KeyPolicy
     served_model: str
+    experiments: Experiments
+    jobs: ExtractionJobs
 
     async def model_list(self) -> dict[str, Any]:
         base = {
@@ -46,6 +50,18 @@ class ServerState:
                 "description": p.description,
             }
             for p in presets
+        ]
+        data += [
+            {
+                "id": e["model"],
+                "object": "model",
+                "created": 0,
+                "owned_by": "steerserve",
+                "root": self.settings.model,
+                "parent": self.served_model,
+                "description": e.get("description", ""),
+            }
+            for e in await self.experiments.list()
         ]
         return {"object": "list", "data": data}
 

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from server.errors import BadRequestError, ModelNotFoundError
+from server.experiments import PREFIX as EXPERIMENT_PREFIX
+from server.experiments import Experiments, pick_arm
 from steering.errors import UnknownVectorError
 from steering.spec import ResolvedSpec, SteeringTerm
 from steering.store.cache import CachedRegistry
@@ -33,6 +35,8 @@ class RequestSteering:
 
     spec: ResolvedSpec | None
     preset: str | None = None
+    experiment: str | None = None
+    arm: str | None = None
 
     @property
     def steered(self) -> bool:
@@ -44,10 +48,21 @@ class RequestSteering:
             return "none"
         return self.preset or "custom"
 
-    def describe(self) -> dict[str, Any] | None:
-        if not self.steered or self.spec is None:
-            return None
-        return {**self.spec.describe(), "preset": self.preset}
+    @property
+    def arm_label(self) -> str:
+        return f"{self.experiment}/{self.arm}" if self.experiment else "none"
+
+    def describe(self) -> dict[str, Any]:
+        """The response's `steering` object (present on every response; reflection counts are added to it)."""
+        base: dict[str, Any] = (
+            {**self.spec.describe(), "preset": self.preset}
+            if self.steered and self.spec is not None
+            else {"config_hash": None, "terms": [], "preset": None}
+        )
+        if self.experiment:
+            base["experiment"] = self.experiment
+            base["arm"] = self.arm
+        return base
 
     @property
     def header_value(self) -> str:
@@ -72,14 +87,33 @@ def parse_header(value: str) -> list[SteeringTerm]:
 
 
 class SteeringSources:
-    def __init__(self, registry: CachedRegistry, resolver: SpecResolver, served_model: str) -> None:
+    def __init__(
+        self,
+        registry: CachedRegistry,
+        resolver: SpecResolver,
+        served_model: str,
+        experiments: Experiments | None = None,
+    ) -> None:
         self.registry = registry
         self.resolver = resolver
         self.served_model = served_model
+        self.experiments = experiments
 
     async def for_request(
-        self, model: str, body: list[SteeringTerm] | str | None, header: str | None
+        self,
+        model: str,
+        body: list[SteeringTerm] | str | None,
+        header: str | None,
+        experiment: str | None = None,
+        user: str | None = None,
     ) -> RequestSteering:
+        if model.startswith(EXPERIMENT_PREFIX):
+            named = model[len(EXPERIMENT_PREFIX) :]
+            if experiment is not None and experiment != named:
+                raise BadRequestError("'experiment' and model 'experiment/<name>' disagree", param="experiment")
+            experiment = named
+        if experiment is not None:
+            return await self._experiment(experiment, model, body, header, user)
         if body is not None and header is not None:
             raise BadRequestError("send steering either in the body or in X-Steering, not both", param="steering")
         terms: list[SteeringTerm] = []
@@ -108,6 +142,22 @@ class SteeringSources:
         spec = await self.resolve_terms(terms)
         return RequestSteering(spec, preset_name)
 
+    async def _experiment(
+        self, name: str, model: str, body: list[SteeringTerm] | str | None, header: str | None, user: str | None
+    ) -> RequestSteering:
+        if self.experiments is None:
+            raise BadRequestError("experiments are not enabled on this server", param="experiment")
+        if body is not None or header is not None:
+            raise BadRequestError(
+                "an experiment chooses the steering: drop 'steering' / X-Steering", param="experiment"
+            )
+        if model != self.served_model and not model.startswith(EXPERIMENT_PREFIX):
+            raise BadRequestError("an experiment runs on the base model, not on a preset", param="model")
+        doc = await self.experiments.get(name)
+        arm = pick_arm(name, doc["arms"], user)
+        chosen = await self.for_request(self.served_model, _arm_steering(arm["steering"]), None)
+        return RequestSteering(chosen.spec, chosen.preset, experiment=name, arm=str(arm["name"]))
+
     async def resolve_terms(self, terms: list[SteeringTerm]) -> ResolvedSpec:
         try:
             vectors = await self.registry.vectors_for(terms)
@@ -118,3 +168,9 @@ class SteeringSources:
             return vectors[(vector_id, version)]
 
         return self.resolver.resolve(terms, lookup)
+
+
+def _arm_steering(value: Any) -> list[SteeringTerm] | str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return [SteeringTerm.model_validate(t) for t in value]

@@ -19,9 +19,12 @@ class EngineSteeringConfig:
     max_configs: int = 32  # distinct steering configs in flight at once (table rows besides row 0)
     limits: SteeringLimits = field(default_factory=SteeringLimits)
     sites: tuple[str, ...] = SITES  # sites with an op compiled in; fewer sites, less always-on work
+    capture_tokens: int = 1024  # activation rows capturable per step (0: no capture); memory = rows x layers x hidden
     plugin_version: str = __version__
 
     def __post_init__(self) -> None:
+        if self.capture_tokens < 0:
+            raise ValueError("capture_tokens must be >= 0")
         if self.max_configs < 1:
             raise ValueError("max_configs must be >= 1")
         unknown = set(self.sites) - set(SITES)
@@ -39,5 +42,6 @@ class EngineSteeringConfig:
             max_configs=int(data["max_configs"]),
             limits=SteeringLimits(**data["limits"]),
             sites=tuple(data["sites"]),
+            capture_tokens=int(data.get("capture_tokens", 0)),
             plugin_version=str(data.get("plugin_version", __version__)),
         )

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from steering.admission import ConfigAdmission
+from steering.capture import ActivationCapture, Activations
 from steering.config import ADDITIONAL_CONFIG_KEY, SUPPORTED_ARCHITECTURES, EngineSteeringConfig
 from steering.errors import UnsupportedModelError
 from steering.spec import ModelShape, ResolvedSpec, SteeringTerm, VectorLookup, resolve_spec
@@ -113,6 +114,13 @@ class SteeringEngine:
         self._vector_refs: dict[str, int] = {}  # vectors used by requests in flight: never dropped
         self._load_lock = asyncio.Lock()
         self.max_loaded_vectors = 4096
+        self.activations = ActivationCapture(
+            llm,
+            shape.num_layers,
+            shape.hidden_size,
+            steering.capture_tokens if steering is not None else 0,
+            int(llm.model_config.max_model_len),
+        )
 
     @classmethod
     def create(cls, settings: EngineSettings) -> SteeringEngine:
@@ -222,6 +230,16 @@ class SteeringEngine:
             self._vector_refs[sha] -= 1
             if self._vector_refs[sha] <= 0:
                 del self._vector_refs[sha]
+
+    async def capture(
+        self,
+        prompt_token_ids: Sequence[int],
+        layers: Sequence[int],
+        positions: Sequence[int] | None = None,
+        pool: str = "none",
+    ) -> Activations:
+        """Residual-stream activations of one prompt at `layers` (all prompt positions when `positions` is None)."""
+        return await self.activations.run(prompt_token_ids, layers, positions, pool)
 
     # ---- helpers for the server (which never imports vLLM or torch) ---------------------------------------
     def sampling_params(

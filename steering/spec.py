@@ -89,6 +89,15 @@ class ModelShape:
     architecture: str = ""
     name: str = ""
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What a stored vector records about the model it was made for."""
+        return {
+            "architecture": self.architecture,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "name": self.name,
+        }
+
 
 @dataclass(frozen=True)
 class SteeringLimits:

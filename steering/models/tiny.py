@@ -17,7 +17,8 @@ CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}</s>\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
-SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<think>", "</think>", "<|system|>", "<|user|>", "<|assistant|>"]
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
+THINK_TOKENS = ["<think>", "</think>"]  # ordinary added tokens: kept in decoded text, as in R1-style tokenizers
 _WORDS = (
     "the a of to and in is it that for on with as was at by be this are from or have an they which one you "
     "wait let me re-check recheck think again answer step first then so therefore check result value sum "
@@ -43,7 +44,7 @@ class TinyModelSpec:
     seed: int = 0
 
     def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True) + "|v2"
+        blob = json.dumps(asdict(self), sort_keys=True) + "|v3"
         return f"{self.architecture}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
@@ -74,12 +75,14 @@ def _corpus(seed: int, lines: int = 4000) -> list[str]:
     for _ in range(lines):
         a, b = rng.randint(0, 99), rng.randint(0, 99)
         words = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 12)))
-        out.append(f"Q: {a}+{b}\n{a}+{b}={a + b}\nWait, let me re-check.\n\nA: {a + b}\n{words}\n\n")
+        out.append(
+            f"Q: {a}+{b}\n<think>\n{a}+{b}={a + b}\n\nWait, let me re-check.\n\n</think>\nA: {a + b}\n{words}\n\n"
+        )
     return out
 
 
 def _write_tokenizer(path: Path, spec: TinyModelSpec) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -94,6 +97,7 @@ def _write_tokenizer(path: Path, spec: TinyModelSpec) -> None:
         show_progress=False,
     )
     tokenizer.train_from_iterator(_corpus(spec.seed), trainer=trainer)
+    tokenizer.add_tokens([AddedToken(t, normalized=False) for t in THINK_TOKENS])
     fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer,
         unk_token="<unk>",

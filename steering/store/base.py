@@ -189,6 +189,28 @@ class VectorStore(ABC):
     @abstractmethod
     async def delete_preset(self, name: str) -> bool: ...
 
+    # ---- documents (extraction jobs, experiments) and shared counters (experiment tallies) -------------------
+    @abstractmethod
+    async def put_document(self, kind: str, name: str, body: Mapping[str, Any]) -> None:
+        """Create or replace one JSON document."""
+
+    @abstractmethod
+    async def get_document(self, kind: str, name: str) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    async def list_documents(self, kind: str) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    async def delete_document(self, kind: str, name: str) -> bool:
+        """Delete the document and its counters."""
+
+    @abstractmethod
+    async def add_counters(self, kind: str, name: str, deltas: Mapping[str, float]) -> None:
+        """Atomically add each delta to its named counter (replicas may add concurrently)."""
+
+    @abstractmethod
+    async def get_counters(self, kind: str, name: str) -> dict[str, float]: ...
+
     async def subscribe(self, callback: Any) -> None:  # noqa: B027 - optional hook, no-op by default
         """Call `callback(kind, name)` when another process changes a vector or preset."""
         return None

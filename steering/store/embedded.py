@@ -31,6 +31,9 @@ CREATE TABLE IF NOT EXISTS vectors (ns TEXT, id TEXT, version INTEGER, meta TEXT
 CREATE TABLE IF NOT EXISTS vector_layers (ns TEXT, id TEXT, version INTEGER, layer INTEGER, data BLOB,
     PRIMARY KEY (ns, id, version, layer));
 CREATE TABLE IF NOT EXISTS presets (ns TEXT, name TEXT, body TEXT, PRIMARY KEY (ns, name));
+CREATE TABLE IF NOT EXISTS documents (ns TEXT, kind TEXT, name TEXT, body TEXT, PRIMARY KEY (ns, kind, name));
+CREATE TABLE IF NOT EXISTS counters (ns TEXT, kind TEXT, name TEXT, field TEXT, value REAL,
+    PRIMARY KEY (ns, kind, name, field));
 """
 
 
@@ -200,6 +203,61 @@ class EmbeddedStore(VectorStore):
 
         deleted: bool = await self._run(delete)
         return deleted
+
+    # ---- documents and counters ---------------------------------------------------------------------------
+    async def put_document(self, kind: str, name: str, body: Mapping[str, Any]) -> None:
+        sql = "INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?)"
+        await self._run(self._db.execute, sql, (self.namespace, kind, name, json.dumps(dict(body))))
+
+    async def get_document(self, kind: str, name: str) -> dict[str, Any] | None:
+        def read() -> dict[str, Any] | None:
+            sql = "SELECT body FROM documents WHERE ns=? AND kind=? AND name=?"
+            row = self._db.execute(sql, (self.namespace, kind, name)).fetchone()
+            return json.loads(row[0]) if row else None
+
+        result: dict[str, Any] | None = await self._run(read)
+        return result
+
+    async def list_documents(self, kind: str) -> list[dict[str, Any]]:
+        def read() -> list[dict[str, Any]]:
+            sql = "SELECT body FROM documents WHERE ns=? AND kind=? ORDER BY name"
+            return [json.loads(row[0]) for row in self._db.execute(sql, (self.namespace, kind))]
+
+        result: list[dict[str, Any]] = await self._run(read)
+        return result
+
+    async def delete_document(self, kind: str, name: str) -> bool:
+        def delete() -> bool:
+            key = (self.namespace, kind, name)
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.execute("DELETE FROM counters WHERE ns=? AND kind=? AND name=?", key)
+                return self._db.execute("DELETE FROM documents WHERE ns=? AND kind=? AND name=?", key).rowcount > 0
+
+        deleted: bool = await self._run(delete)
+        return deleted
+
+    async def add_counters(self, kind: str, name: str, deltas: Mapping[str, float]) -> None:
+        def write() -> None:
+            sql = (
+                "INSERT INTO counters VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (ns, kind, name, field) DO UPDATE SET value = value + excluded.value"
+            )
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    sql, [(self.namespace, kind, name, field, float(v)) for field, v in deltas.items()]
+                )
+
+        await self._run(write)
+
+    async def get_counters(self, kind: str, name: str) -> dict[str, float]:
+        def read() -> dict[str, float]:
+            sql = "SELECT field, value FROM counters WHERE ns=? AND kind=? AND name=?"
+            return {field: float(value) for field, value in self._db.execute(sql, (self.namespace, kind, name))}
+
+        result: dict[str, float] = await self._run(read)
+        return result
 
     async def close(self) -> None:
         await self._run(self._db.close)

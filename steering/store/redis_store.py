@@ -179,6 +179,42 @@ class RedisStore(VectorStore):
             await self._publish("preset", name)
         return bool(removed)
 
+    # ---- documents and counters ---------------------------------------------------------------------------
+    async def put_document(self, kind: str, name: str, body: Mapping[str, Any]) -> None:
+        await self._call(lambda: self._redis.hset(self._key("docs", kind), name, json.dumps(dict(body))))
+
+    async def get_document(self, kind: str, name: str) -> dict[str, Any] | None:
+        raw = await self._call(lambda: self._redis.hget(self._key("docs", kind), name))
+        return json.loads(raw) if raw else None
+
+    async def list_documents(self, kind: str) -> list[dict[str, Any]]:
+        raw = await self._call(lambda: self._redis.hgetall(self._key("docs", kind)))
+        return [json.loads(raw[name]) for name in sorted(raw)]
+
+    async def delete_document(self, kind: str, name: str) -> bool:
+        async def delete() -> bool:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(self._key("docs", kind), name)
+                pipe.delete(self._key("counters", kind, name))
+                removed, _ = await pipe.execute()
+            return bool(removed)
+
+        deleted: bool = await self._call(delete)
+        return deleted
+
+    async def add_counters(self, kind: str, name: str, deltas: Mapping[str, float]) -> None:
+        async def write() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for field, value in deltas.items():
+                    pipe.hincrbyfloat(self._key("counters", kind, name), field, float(value))
+                await pipe.execute()
+
+        await self._call(write)
+
+    async def get_counters(self, kind: str, name: str) -> dict[str, float]:
+        raw = await self._call(lambda: self._redis.hgetall(self._key("counters", kind, name)))
+        return {_text(k): float(v) for k, v in raw.items()}
+
     # ---- change notifications -----------------------------------------------------------------------------
     async def subscribe(self, callback: Callback) -> None:
         """Listen for other replicas' writes; reconnects after Redis outages."""
@@ -209,3 +245,7 @@ class RedisStore(VectorStore):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._listener
         await self._redis.aclose()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -52,6 +52,10 @@ def install(layers: list[tuple[int, nn.Module]], state: SteeringState) -> None:
         if getattr(layer, "_steerserve_installed", False):
             continue
         _attach_tables(layer, state, index, ("mlp", "residual"))
+        if state.capture is not None:
+            layer.register_buffer("steer_capture_index", state.capture.index, persistent=False)
+            layer.register_buffer("steer_capture_buffer", state.capture.buffers[index], persistent=False)
+        setattr(layer, "_steer_capture", state.capture is not None)  # a trace-time constant
         layer.__class__ = _steered_class(type(layer), _layer_forward)
         if "attn" in state.config.sites:
             attn: nn.Module = getattr(layer, "self_attn")
@@ -105,7 +109,20 @@ def _layer_forward(self: nn.Module, base: type, *args: Any, **kwargs: Any) -> An
         hidden = _steered(self, "mlp", hidden, hidden)
     if "residual" in sites:
         hidden = _steered(self, "residual", hidden + residual, hidden)
+    if getattr(self, "_steer_capture"):
+        _capture(self, hidden, residual)
     return hidden, residual
+
+
+def _capture(layer: nn.Module, hidden: torch.Tensor, residual: torch.Tensor) -> None:
+    """Gather the wanted rows of the stream after this block into the layer's fixed capture buffer."""
+    if not torch.compiler.is_compiling():
+        runtime: SteeringState = getattr(layer, "_steer_state")
+        if runtime.eager_skip and (runtime.capture is None or not runtime.capture.active):
+            return
+    index: torch.Tensor = getattr(layer, "steer_capture_index")
+    buffer: torch.Tensor = getattr(layer, "steer_capture_buffer")
+    buffer.copy_(hidden.index_select(0, index) + residual.index_select(0, index))
 
 
 def _attn_forward(self: nn.Module, base: type, *args: Any, **kwargs: Any) -> Any:

@@ -18,6 +18,8 @@ class TokenLayout:
     slot: IntArray
     is_prompt: BoolArray  # the input token comes from the prompt
     is_last_prompt: BoolArray  # the input token is the prompt's last one
+    request_index: IntArray  # the token's request, as an index into the step's batch order
+    position: IntArray  # the token's position in its sequence
 
     @property
     def num_tokens(self) -> int:
@@ -49,4 +51,6 @@ def token_layout(
         slot=np.repeat(slots, counts),
         is_prompt=positions < plen,
         is_last_prompt=positions == plen - 1,
+        request_index=np.repeat(np.arange(len(counts), dtype=np.int64), counts),
+        position=positions,
     )

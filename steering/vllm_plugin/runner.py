@@ -109,7 +109,42 @@ def _v1_prepare_inputs(original: Callable[..., Any]) -> Callable[..., Any]:
                 batch.num_computed_tokens_cpu[:num_reqs],
                 [self.requests[r].num_prompt_tokens for r in req_ids],
             )
-            state.prepare_step(layout, self.input_ids.gpu)
+            state.prepare_step(layout, self.input_ids.gpu, req_ids)
+        return result
+
+    return wrapper
+
+
+def _v1_cpu_seeded_discard(original: Callable[..., Any]) -> Callable[..., Any]:
+    """vLLM 0.32 rewinds the generator of a seeded request whose sampled token is discarded (a partial prefill
+    chunk) with `Generator.set_offset`, which CPU generators refuse: the worker raises and the engine dies on
+    any `seed` request whose prompt is chunked. On CPU, skip the rewind for those requests (their seeded
+    stream then depends on how the prompt was chunked) instead of losing the engine."""
+
+    @functools.wraps(original)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.device.type != "cpu":
+            return original(self, *args, **kwargs)
+        generators = self.input_batch.generators
+        discarded = np.nonzero(self.discard_request_mask.np[: self.input_batch.num_reqs])[0]
+        held = {int(i): generators.pop(int(i)) for i in discarded if int(i) in generators}
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            generators.update(held)
+
+    return wrapper
+
+
+def _collect_captures(original: Callable[..., Any]) -> Callable[..., Any]:
+    """After the model ran (V1 `_model_forward`, V2 `execute_model`): copy out the captured rows."""
+
+    @functools.wraps(original)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
+        state = state_of(self)
+        if state is not None and state.capture is not None and state.capture.active:
+            state.capture.collect()
         return result
 
     return wrapper
@@ -158,7 +193,8 @@ def _v2_prepare_inputs(original: Callable[..., Any]) -> Callable[..., Any]:
         input_batch = original(self, *args, **kwargs)
         state = state_of(self)
         if state is not None and not state.idle:
-            state.prepare_step(v2_layout(self, state, input_batch), input_batch.input_ids)
+            layout = v2_layout(self, state, input_batch)
+            state.prepare_step(layout, input_batch.input_ids, list(input_batch.req_ids))
         return input_batch
 
     return wrapper
@@ -200,6 +236,8 @@ _HOOKS: dict[str, dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]]]
         "load_model": _after_load,
         "_prepare_inputs": _v1_prepare_inputs,
         "_on_request_state_removed": _v1_request_removed,
+        "_model_forward": _collect_captures,
+        "_bookkeeping_sync": _v1_cpu_seeded_discard,
     },
     "vllm.v1.worker.cpu_model_runner:CPUModelRunner": {"load_model": _after_load},
     "vllm.v1.worker.gpu.model_runner:GPUModelRunner": {
@@ -207,6 +245,7 @@ _HOOKS: dict[str, dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]]]
         "add_requests": _v2_add_requests,
         "_remove_request": _v2_remove_request,
         "prepare_inputs": _v2_prepare_inputs,
+        "execute_model": _collect_captures,
     },
 }
 

@@ -26,6 +26,7 @@ from steering.ops import (
     op_coefficients,
 )
 from steering.slots import SlotAllocator
+from steering.vllm_plugin.capture import CaptureState
 from steering.vllm_plugin.layout import TokenLayout
 
 logger = logging.getLogger("steerserve.plugin")
@@ -94,6 +95,11 @@ class SteeringState:
         self.site_channels: dict[tuple[int, str], int] = {}
         self.errors = 0
         self.steps_steered = 0
+        self.capture: CaptureState | None = (
+            CaptureState(config.capture_tokens, self.local_layers, hidden_size, dtype, device)
+            if config.capture_tokens > 0
+            else None
+        )
 
     # ---- vectors (collective RPC) -------------------------------------------------------------------------
     def load_vectors(self, vectors: Iterable[Mapping[str, Any]]) -> int:
@@ -121,6 +127,8 @@ class SteeringState:
         """Give a new request its slot (or none when unsteered)."""
         self.forget_request(req_id)
         self._known.add(req_id)
+        if self.capture is not None:
+            self.capture.attach(req_id, extra_args)
         payload = (extra_args or {}).get("steerserve")
         if not payload:
             return
@@ -140,6 +148,8 @@ class SteeringState:
     def forget_request(self, req_id: str) -> None:
         """The request finished (or, in V2, left the runner): free its claim on the slot."""
         self._known.discard(req_id)
+        if self.capture is not None:
+            self.capture.forget(req_id)
         key = self._request_config.pop(req_id, None)
         if key is not None:
             self.allocator.release(key)
@@ -152,7 +162,8 @@ class SteeringState:
     @property
     def idle(self) -> bool:
         """No steered request is known and the buffers already say "slot 0": a step needs no work."""
-        return not self._request_config and self._dirty_tokens == 0
+        capturing = self.capture is not None and self.capture.has_jobs
+        return not self._request_config and self._dirty_tokens == 0 and not capturing
 
     @property
     def active_requests(self) -> int:
@@ -204,8 +215,11 @@ class SteeringState:
         return True
 
     # ---- per step -----------------------------------------------------------------------------------------
-    def prepare_step(self, layout: TokenLayout, input_ids: torch.Tensor) -> None:
-        """Write the per-token slot and gate buffers for the step about to run (padding stays slot 0)."""
+    def prepare_step(self, layout: TokenLayout, input_ids: torch.Tensor, req_ids: Sequence[str | None]) -> None:
+        """Write the per-token buffers for the step about to run: slots and gates (padding stays slot 0), and
+        the rows to capture."""
+        if self.capture is not None:
+            self.capture.prepare_step(layout, req_ids)
         n = layout.num_tokens
         steered = bool(layout.slot.any())
         if not steered:
@@ -249,6 +263,8 @@ class SteeringState:
             "active_requests": self.active_requests,
             "steps_steered": self.steps_steered,
             "errors": self.errors,
+            "capture_capacity": self.capture.capacity if self.capture is not None else 0,
+            "capture_overflows": self.capture.overflows if self.capture is not None else 0,
         }
 
 

@@ -29,6 +29,11 @@ class SteeringWorkerExtension:
     def steerserve_drop_vectors(self, hashes: Sequence[str]) -> int:
         return self._steering_state().drop_vectors(hashes)
 
+    def steerserve_pop_captures(self, capture_ids: Sequence[str]) -> dict[str, Any]:
+        """Hand back (and forget) finished activation captures."""
+        capture = self._steering_state().capture
+        return capture.pop(capture_ids) if capture is not None else {}
+
     def steerserve_stats(self) -> dict[str, Any]:
         stats = self._steering_state().stats()
         stats["runner"] = f"{type(self.model_runner).__module__}.{type(self.model_runner).__name__}"

@@ -76,3 +76,21 @@ async def test_chunked_prefill_preemption_and_queueing_change_nothing(
     assert len({tuple(r.token_ids) for r in constrained}) > 4
     stats = await constrained_engine.worker_stats()
     assert stats[0]["errors"] == 0 and stats[0]["active_requests"] == 0 and stats[0]["configs_in_use"] == 0
+
+
+async def test_seeded_requests_survive_chunked_prefill(constrained_engine: Any) -> None:
+    """A `seed` request whose prompt is split into chunks used to kill the CPU engine (Generator.set_offset)."""
+    from vllm import SamplingParams
+
+    async def seeded(prompt: list[int], seed: int) -> list[int]:
+        params = SamplingParams(max_tokens=6, temperature=1.0, seed=seed)
+        final = None
+        async for output in constrained_engine.generate(prompt, params, f"seeded-{seed}-{len(prompt)}"):
+            final = output
+        assert final is not None
+        return list(final.outputs[0].token_ids)
+
+    long_prompts = prompts(3, 70, seed=5)
+    outs = await asyncio.gather(*(seeded(p, 7 + i) for i, p in enumerate(long_prompts)))
+    assert all(len(o) == 6 for o in outs)
+    assert await constrained_engine.check_health()

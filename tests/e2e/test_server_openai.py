@@ -270,3 +270,104 @@ async def test_structured_output_logprobs_and_echo(server: str, llama_engine: An
     )
     content = with_top.choices[0].logprobs.content
     assert len(content) == 3 and all(len(item.top_logprobs) == 2 for item in content)
+
+
+async def test_reasoning_split_budget_and_reflection_metrics(server: str, llama_engine: Any, tiny_llama: Path) -> None:
+    from openai import AsyncOpenAI
+
+    layers = llama_engine.shape.num_layers
+    wait_ids = llama_engine.tokenizer.encode("Wait", add_special_tokens=False)
+    assert len(wait_ids) == 1
+    await upload_force(server, "force-wait", tiny_llama, wait_ids[0], layers)
+    client = AsyncOpenAI(base_url=f"{server}/v1", api_key="user-secret")
+    messages = [{"role": "user", "content": "Q: 12+30"}]
+    waits = await client.chat.completions.create(
+        model=SERVED,
+        messages=messages,
+        max_tokens=6,
+        temperature=0,
+        extra_body={"steering": [{"vector": "force-wait"}]},
+    )
+    reflection = waits.model_extra["steering"]["reflection"]
+    assert reflection["markers"] >= 3 and reflection["responses_with_reflection"] == 1
+    async with httpx.AsyncClient(base_url=server) as http:
+        metrics = (await http.get("/metrics")).text
+    assert 'steerserve:responses_with_reflection_total{arm="none",preset="custom"}' in metrics
+    # the thinking budget: at 4 tokens the section is closed and the answer follows (the steering makes the
+    # random model open a thinking section: it emits <think> tokens)
+    think_ids = llama_engine.tokenizer.encode("<think>", add_special_tokens=False)
+    await upload_force(server, "force-think", tiny_llama, think_ids[0], layers)
+    budget = {"max_reasoning_tokens": 4, "steering": [{"vector": "force-think"}]}
+    whole = await client.chat.completions.create(
+        model=SERVED, messages=messages, max_tokens=20, temperature=0, extra_body=budget
+    )
+    message = whole.choices[0].message.model_extra
+    details = whole.usage.completion_tokens_details
+    assert message["reasoning_content"] is not None and "</think>" not in (whole.choices[0].message.content or "")
+    assert details is not None and 1 <= details.reasoning_tokens <= 4 + 4
+    assert whole.usage.completion_tokens <= 20
+    stream = await client.chat.completions.create(
+        model=SERVED,
+        messages=messages,
+        max_tokens=20,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body=budget,
+    )
+    reasoning, content, usage = "", "", None
+    async for chunk in stream:
+        if chunk.choices:
+            delta = chunk.choices[0].delta
+            reasoning += (delta.model_extra or {}).get("reasoning_content") or ""
+            content += delta.content or ""
+        if chunk.usage is not None:
+            usage = chunk.usage
+    assert reasoning.strip("\n") == message["reasoning_content"] and content == whole.choices[0].message.content
+    assert usage is not None and usage.completion_tokens == whole.usage.completion_tokens
+
+
+async def test_extraction_job_and_experiment_over_http(server: str, llama_engine: Any) -> None:
+    from openai import AsyncOpenAI
+
+    async with httpx.AsyncClient(base_url=server, headers=ADMIN, timeout=60) as http:
+        body = {
+            "id": "tone",
+            "positive": [f"Wait, let me re-check step {i}." for i in range(12)],
+            "negative": [f"The total is {i * 7} apples." for i in range(12)],
+            "method": "pca",
+            "layers": [-1, 1],
+        }
+        refused = await http.post(
+            "/v1/steering/vectors/extract", json=body, headers={"Authorization": "Bearer user-secret"}
+        )
+        assert refused.status_code == 403
+        bad = await http.post("/v1/steering/vectors/extract", json={"id": "x", "positive": ["a"]})
+        assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
+        created = await http.post("/v1/steering/vectors/extract", json=body)
+        assert created.status_code == 202, created.text
+        job = created.json()
+        for _ in range(600):
+            job = (await http.get(f"/v1/steering/jobs/{job['id']}")).json()
+            if job["status"] not in ("queued", "running"):
+                break
+            await asyncio.sleep(0.2)
+        assert job["status"] == "succeeded", job
+        result = job["result"]
+        assert result["layers"] == [1, llama_engine.shape.num_layers - 1] and len(result["scan"]) == 4
+        assert result["counts"] == {"positive_texts": 12, "negative_texts": 12}
+        info = (await http.get("/v1/steering/vectors/tone")).json()
+        assert info["provenance"]["method"] == "pca" and info["provenance"]["scan"]
+        arms = {"arms": [{"name": "off"}, {"name": "on", "steering": [{"vector": "tone", "strength": 0.5}]}]}
+        assert (await http.put("/v1/steering/experiments/tone-ab", json=arms)).status_code == 200
+    client = AsyncOpenAI(base_url=f"{server}/v1", api_key="user-secret")
+    assert "experiment/tone-ab" in [m.id async for m in client.models.list()]
+    seen = set()
+    for user in ("ann", "bob", "cid", "dan", "eve", "fay"):
+        raw = await client.chat.completions.with_raw_response.create(
+            model="experiment/tone-ab", messages=[{"role": "user", "content": "hi"}], max_tokens=3, user=user
+        )
+        seen.add(raw.headers["x-steering-arm"])
+    async with httpx.AsyncClient(base_url=server, headers=ADMIN) as http:
+        report = (await http.get("/v1/steering/experiments/tone-ab/report")).json()
+    assert sum(a["requests"] for a in report["arms"]) == 6 and seen <= {"off", "on"}

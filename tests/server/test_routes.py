@@ -63,7 +63,8 @@ async def test_completion_steered_and_unsteered(client: Any) -> None:
     )
     assert plain.status_code == 200 and plain.headers["x-request-id"] == "abc-1"
     body = plain.json()
-    assert body["choices"][0]["text"] == "aaa" and body["steering"] is None
+    assert body["choices"][0]["text"] == "aaa" and body["steering"]["config_hash"] is None
+    assert body["steering"]["reflection"]["markers"] == 0
     assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
     assert plain.headers["x-steering-config"] == "none"
     steered = await c.post(

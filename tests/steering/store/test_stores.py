@@ -141,3 +141,17 @@ async def test_pubsub_invalidates_another_replicas_cache(redis_url: str) -> None
     assert (await cache.vector("shared"))[0].version == 2
     await writer.close()
     await reader.close()
+
+
+async def test_documents_and_shared_counters(store: VectorStore) -> None:
+    await store.put_document("job", "j1", {"id": "j1", "status": "queued"})
+    await store.put_document("job", "j0", {"id": "j0", "status": "running"})
+    await store.put_document("job", "j1", {"id": "j1", "status": "succeeded"})
+    assert await store.get_document("job", "j1") == {"id": "j1", "status": "succeeded"}
+    assert [d["id"] for d in await store.list_documents("job")] == ["j0", "j1"]
+    assert await store.get_document("job", "nope") is None and await store.list_documents("experiment") == []
+    # concurrent increments from many writers are all counted (what replicas rely on for experiment tallies)
+    await asyncio.gather(*(store.add_counters("job", "j1", {"a": 1, "b": 0.5}) for _ in range(40)))
+    assert await store.get_counters("job", "j1") == {"a": 40.0, "b": 20.0}
+    assert await store.delete_document("job", "j1") and not await store.delete_document("job", "j1")
+    assert await store.get_counters("job", "j1") == {}

@@ -1,0 +1,167 @@
+"""Run arms (strengths of one vector, plus a random direction of equal norm as control) over a dataset through
+a steerserve server, with common seeds: the same item and sample index get the same sampling seed in every
+arm, so arms are compared pairwise."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+from safetensors.numpy import load
+
+from clients.ab.datasets import Item
+from clients.ab.grading import extract_answer, is_correct
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    name: str
+    vector: str  # "reflection" style id of the studied vector, or "random"
+    strength: float
+    steering: list[dict[str, Any]] | None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    base_url: str
+    model: str
+    vector: str
+    strengths: tuple[float, ...]
+    random_strengths: tuple[float, ...]
+    samples: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 512
+    seed: int = 0
+    concurrency: int = 32
+    api_key: str | None = None
+    admin_key: str | None = None
+
+
+def sample_seed(item: Item, sample: int, seed: int) -> int:
+    digest = hashlib.sha256(f"{seed}|{item.id}|{sample}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+async def random_control(client: httpx.AsyncClient, vector: str, seed: int, headers: dict[str, str]) -> str:
+    """Upload a random direction with the vector's per-layer norms and defaults; returns its id."""
+    info = (await client.get(f"/v1/steering/vectors/{vector}")).raise_for_status().json()
+    data = (await client.get(f"/v1/steering/vectors/{vector}/data")).raise_for_status().content
+    tensors = load(io.BytesIO(data).getvalue())
+    rng = np.random.default_rng(seed)
+    layers = {}
+    for name, values in sorted(tensors.items()):
+        raw = rng.standard_normal(values.shape[0])
+        direction = np.asarray(raw * float(np.linalg.norm(values) / np.linalg.norm(raw)))
+        layers[name.split(".")[1]] = _b64(direction)
+    defaults = dict(info["defaults"])
+    body = {
+        "id": f"{vector}-random{seed}",
+        "layers": layers,
+        "description": f"random direction with the per-layer norms of {vector} v{info['version']} (A/B control)",
+        "defaults": {k: defaults[k] for k in ("op", "site", "positions", "strength", "layers") if k in defaults},
+        "provenance": {"random_control_of": vector, "version": info["version"], "seed": seed},
+    }
+    created = await client.post("/v1/steering/vectors", json=body, headers=headers)
+    created.raise_for_status()
+    return str(body["id"])
+
+
+def _b64(values: np.ndarray) -> str:
+    import base64
+
+    return base64.b64encode(np.asarray(values, dtype="<f4").tobytes()).decode()
+
+
+def build_arms(config: RunConfig, random_id: str | None) -> list[ArmSpec]:
+    arms = []
+    for strength in sorted(set(config.strengths) | {0.0}):
+        steering = None if strength == 0 else [{"vector": config.vector, "strength": strength}]
+        arms.append(ArmSpec(f"{config.vector}@{strength:g}", config.vector, float(strength), steering))
+    if random_id is not None:
+        for strength in sorted(set(config.random_strengths) - {0.0}):
+            steering = [{"vector": random_id, "strength": strength}]
+            arms.append(ArmSpec(f"random@{strength:g}", "random", float(strength), steering))
+    return arms
+
+
+async def run(
+    config: RunConfig, items: list[Item], progress: Callable[[int, int], None] = lambda done, total: None
+) -> tuple[list[ArmSpec], list[dict[str, Any]]]:
+    """Every (item, sample, arm) once; returns the arms and one result row per request."""
+    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+    admin = (
+        {"Authorization": f"Bearer {config.admin_key or config.api_key}"}
+        if (config.admin_key or config.api_key)
+        else {}
+    )
+    timeout = httpx.Timeout(600.0, connect=10.0)
+    limits = httpx.Limits(max_connections=config.concurrency)
+    async with httpx.AsyncClient(base_url=config.base_url, headers=headers, timeout=timeout, limits=limits) as client:
+        random_id = await random_control(client, config.vector, config.seed, admin) if config.random_strengths else None
+        arms = build_arms(config, random_id)
+        jobs = [(item, k, arm) for item in items for k in range(config.samples) for arm in arms]
+        gate = asyncio.Semaphore(config.concurrency)
+        rows: list[dict[str, Any]] = []
+
+        async def one(item: Item, k: int, arm: ArmSpec) -> None:
+            body: dict[str, Any] = {
+                "model": config.model,
+                "messages": [{"role": "user", "content": item.prompt}],
+                "temperature": config.temperature,
+                "top_p": config.top_p,
+                "max_tokens": config.max_tokens,
+                "seed": sample_seed(item, k, config.seed),
+            }
+            if arm.steering is not None:
+                body["steering"] = arm.steering
+            async with gate:
+                started = time.perf_counter()
+                response = await client.post("/v1/chat/completions", json=body)
+                latency = time.perf_counter() - started
+            response.raise_for_status()
+            data = response.json()
+            choice = data["choices"][0]
+            content = choice["message"].get("content") or ""
+            reasoning = choice["message"].get("reasoning_content")
+            details = data["usage"].get("completion_tokens_details") or {}
+            reflection = (data.get("steering") or {}).get("reflection") or {}
+            rows.append(
+                {
+                    "item": item.id,
+                    "sample": k,
+                    "arm": arm.name,
+                    "vector": arm.vector,
+                    "strength": arm.strength,
+                    "answer": item.answer,
+                    "extracted": extract_answer(content),
+                    "correct": is_correct(content, item.answer),
+                    "completion_tokens": data["usage"]["completion_tokens"],
+                    "reasoning_tokens": details.get("reasoning_tokens"),
+                    "markers": reflection.get("markers", 0),
+                    "reflected": reflection.get("markers", 0) > 0,
+                    "finish_reason": choice["finish_reason"],
+                    "latency_s": round(latency, 4),
+                    "reasoning_chars": len(reasoning or ""),
+                }
+            )
+            progress(len(rows), len(jobs))
+
+        await asyncio.gather(*(one(*job) for job in jobs))
+    return arms, rows
+
+
+def config_json(config: RunConfig) -> dict[str, Any]:
+    data = asdict(config)
+    data.pop("api_key", None)
+    data.pop("admin_key", None)
+    clean: dict[str, Any] = json.loads(json.dumps(data))
+    return clean

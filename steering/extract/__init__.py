@@ -1,0 +1,1 @@
+"""Build steering vectors from the served model's own activations: contrasts, positions, methods, layer scan."""

@@ -1,0 +1,126 @@
+"""Synthetic multi-step arithmetic with reflection: the training and evaluation data of the toy demo model.
+
+A problem is a chain such as ``37+48-19+26``. A trace solves it one step per ``\\n\\n``-delimited line inside
+``<think>…</think>`` and ends with ``Answer: N``. Each step is wrong with a small probability. After a step the
+trace sometimes reflects ("Wait, let me re-check: 85-19 = 85-10-9 = 75-9 = 66. …"): the decomposed re-check
+is easier than the step, so it is reliable. Like real reasoning models, most reflection re-verifies a step
+that was already right (redundant, and sometimes repeated: "Wait, let me check again: …"); a minority catches
+a real error, which the trace then corrects. So fewer reflections save many tokens and cost little accuracy,
+while more reflections catch more errors. No torch here: the generator also serves the bundled demo set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+ERROR_OFFSETS = (-11, -10, -9, -2, -1, 1, 2, 9, 10, 11)
+
+
+@dataclass(frozen=True)
+class TraceStyle:
+    """Probabilities of the synthetic trace generator (per step unless stated)."""
+
+    min_ops: int = 3
+    max_ops: int = 5
+    p_error: float = 0.03  # a step's result is off by one of ERROR_OFFSETS
+    p_catch: float = 0.85  # after a wrong step: reflect, find and fix the error
+    p_recheck: float = 0.15  # after a right step: redundant re-check that confirms it
+    p_again: float = 0.5  # after a redundant re-check: verify once more with the inverse operation
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One chain problem: ``start`` followed by ``(op, operand)`` steps, with its exact answer."""
+
+    start: int
+    steps: tuple[tuple[str, int], ...]
+
+    @property
+    def text(self) -> str:
+        return f"{self.start}" + "".join(f"{op}{b}" for op, b in self.steps)
+
+    @property
+    def answer(self) -> int:
+        value = self.start
+        for op, b in self.steps:
+            value = _apply(value, op, b)
+        return value
+
+    @property
+    def split(self) -> str:
+        """Deterministic split by content hash: 'eval' (5 %), 'extract' (5 %) or 'train'."""
+        bucket = int(hashlib.sha256(self.text.encode()).hexdigest()[:8], 16) % 20
+        return "eval" if bucket == 0 else "extract" if bucket == 1 else "train"
+
+
+def _apply(value: int, op: str, b: int) -> int:
+    return value + b if op == "+" else value - b
+
+
+def random_problem(rng: random.Random, style: TraceStyle = TraceStyle()) -> Problem:
+    value = rng.randint(10, 99)
+    start = value
+    steps: list[tuple[str, int]] = []
+    for _ in range(rng.randint(style.min_ops, style.max_ops)):
+        b = rng.randint(2, 99)
+        op = "-" if value >= b and rng.random() < 0.5 else "+"
+        steps.append((op, b))
+        value = _apply(value, op, b)
+    return Problem(start, tuple(steps))
+
+
+def problems(seed: int, count: int, split: str | None, style: TraceStyle = TraceStyle()) -> list[Problem]:
+    """`count` distinct problems of one split (None: any), reproducible from `seed`."""
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    out: list[Problem] = []
+    while len(out) < count:
+        problem = random_problem(rng, style)
+        if (split is None or problem.split == split) and problem.text not in seen:
+            seen.add(problem.text)
+            out.append(problem)
+    return out
+
+
+def decomposed(a: int, op: str, b: int) -> str:
+    """The easy re-check of one step: ``85-19 = 85-10-9 = 75-9 = 66``."""
+    result = _apply(a, op, b)
+    tens, ones = (b // 10) * 10, b % 10
+    if tens == 0 or ones == 0:
+        return f"{a}{op}{b} = {result}"
+    middle = _apply(a, op, tens)
+    return f"{a}{op}{b} = {a}{op}{tens}{op}{ones} = {middle}{op}{ones} = {result}"
+
+
+def inverse_check(a: int, op: str, b: int) -> str:
+    result = _apply(a, op, b)
+    inverse = "-" if op == "+" else "+"
+    return f"{result}{inverse}{b} = {a}, so {a}{op}{b}={result} is right"
+
+
+def trace(problem: Problem, rng: random.Random, style: TraceStyle = TraceStyle()) -> tuple[str, int]:
+    """A sampled solution (assistant text, without the end-of-sequence token) and the answer it gives."""
+    lines: list[str] = []
+    value = problem.start
+    for op, b in problem.steps:
+        right = _apply(value, op, b)
+        written = right
+        if rng.random() < style.p_error:
+            candidates = [right + d for d in ERROR_OFFSETS if right + d >= 0]
+            written = rng.choice(candidates)
+        lines.append(f"{value}{op}{b}={written}")
+        if written != right:
+            if rng.random() < style.p_catch:
+                lines.append(f"Wait, let me re-check: {decomposed(value, op, b)}. So it is {right}, not {written}.")
+                written = right
+        elif rng.random() < style.p_recheck:
+            lines.append(f"Wait, let me re-check: {decomposed(value, op, b)}. Yes, it is {right}.")
+            if rng.random() < style.p_again:
+                lines.append(f"Wait, let me check again: {inverse_check(value, op, b)}.")
+        value = written
+    body = "\n\n".join(lines)
+    return f"{THINK_OPEN}\n{body}\n\n{THINK_CLOSE}\nAnswer: {value}", value

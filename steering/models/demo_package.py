@@ -1,0 +1,93 @@
+"""Finish the toy demo model after training: extract its reflection vector from its own traces with the
+extraction pipeline (problems of the 'extract' split, never the A/B 'eval' split), and write the vector and
+the presets that `steerserve serve` installs on first start.
+
+    python -m steering.models.demo_package --model-dir steering/models/demo
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from steering.models.arith import problems
+
+VECTOR_ID = "reflection"
+PRESETS: dict[str, dict[str, Any]] = {
+    "reflect-up": {"strength": 1.0, "description": "toy demo: reflect more (projection-scaled, strength +1)"},
+    "reflect-down": {"strength": -1.0, "description": "toy demo: reflect less (projection removed, strength -1)"},
+}
+
+
+async def _extract(model_dir: Path, count: int, seed: int, layers: list[int] | None) -> dict[str, Any]:
+    from steering.config import EngineSteeringConfig
+    from steering.engine import EngineSettings, SteeringEngine
+    from steering.extract.pipeline import run_extraction
+    from steering.extract.request import ExtractionRequest
+
+    engine = SteeringEngine.create(
+        EngineSettings(model=str(model_dir), enforce_eager=True, steering=EngineSteeringConfig(), seed=seed)
+    )
+    try:
+        request = ExtractionRequest(
+            id=VECTOR_ID,
+            method="diffmean",
+            layers=layers,
+            problems=[p.text for p in problems(seed, count, "extract")],
+            temperature=1.0,
+            max_tokens=384,
+            seed=seed,
+            description="toy demo: self-reflection direction (difference of means, the model's own traces)",
+        )
+        outcome = await run_extraction(engine, request)
+        chosen = sorted({x % engine.shape.num_layers for x in layers or [outcome.recommended_layer]})
+        return {
+            "layers": {layer: outcome.directions[layer].tolist() for layer in chosen},
+            "provenance": outcome.provenance(request, chosen),
+        }
+    finally:
+        engine.shutdown()
+
+
+def package(model_dir: Path, count: int = 600, seed: int = 0, layers: list[int] | None = None) -> dict[str, Any]:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    result = asyncio.run(_extract(model_dir, count, seed, layers))
+    tensors = {f"layer.{k}": np.asarray(v, dtype=np.float32) for k, v in result["layers"].items()}
+    save_file(tensors, str(model_dir / "reflection.safetensors"))
+    chosen = sorted(int(k) for k in result["layers"])
+    meta = {
+        "id": VECTOR_ID,
+        "description": "toy demo: self-reflection direction extracted from the demo model's own traces",
+        "defaults": {"op": "project", "site": "mlp", "positions": "all", "strength": 1.0, "layers": chosen},
+        "provenance": result["provenance"],
+        "presets": {
+            name: {"steering": [{"vector": VECTOR_ID, "strength": p["strength"]}], "description": p["description"]}
+            for name, p in PRESETS.items()
+        },
+    }
+    (model_dir / "reflection.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def main(
+    model_dir: Annotated[Path, typer.Option(help="The trained demo model directory.")],
+    count: Annotated[int, typer.Option(help="Problems of the extraction split to generate traces for.")] = 600,
+    seed: Annotated[int, typer.Option(help="Seed of problems and sampling.")] = 0,
+    layers: Annotated[str | None, typer.Option(help="Comma-separated layers (default: the recommended one).")] = None,
+) -> None:
+    """Extract and write the demo's reflection vector and presets."""
+    chosen = [int(x) for x in layers.split(",")] if layers else None
+    meta = package(model_dir, count, seed, chosen)
+    print(json.dumps({"layers": meta["defaults"]["layers"], "counts": meta["provenance"]["counts"]}))
+    for row in meta["provenance"]["scan"]:
+        print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,227 @@
+"""Train the toy demo reasoning model (seeded, CPU, ~30 min on 2 cores): ``python -m steering.models.demo_train``.
+
+A 4-layer Llama (hidden 256, ~3.2 M parameters, tied embeddings, ~13 MB fp32) learns the synthetic traces of
+`steering.models.arith`: step-by-step chain arithmetic inside ``<think>`` with occasional errors and
+reflection. It is a toy: it exists so that the steering workflow (extraction, presets, A/B reports) can be
+shown end to end on a laptop, not to reason. The tokenizer is a byte-level BPE trained here with single-digit
+pre-tokenisation; ``\\n\\n`` is kept as one token, so step delimiters are single tokens like in R1-style models.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from steering.models.arith import THINK_CLOSE, THINK_OPEN, TraceStyle, problems, trace
+from steering.models.tiny import CHAT_TEMPLATE
+
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
+DEMO_NAME = "steerserve-demo"
+
+
+def user_prompt(problem_text: str) -> str:
+    """The rendered chat prompt of one problem (the chat template, written out for fast batch encoding)."""
+    return f"<|user|>\n{problem_text}</s>\n<|assistant|>\n"
+
+
+def build_tokenizer(corpus: list[str], vocab_size: int) -> Any:
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex("\n\n"), behavior="isolated"),
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    # The thinking markers are ordinary added tokens (kept in decoded text, as in R1-style tokenizers).
+    tokenizer.add_tokens([AddedToken(THINK_OPEN, normalized=False), AddedToken(THINK_CLOSE, normalized=False)])
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def encode(tokenizer: Any, pairs: list[tuple[str, str]]) -> list[tuple[list[int], int]]:
+    """(token ids, prompt length) per (problem text, trace) pair; the trace ends with end-of-sequence."""
+    prompts = tokenizer([user_prompt(p) for p, _ in pairs], add_special_tokens=False)["input_ids"]
+    completions = tokenizer([t + "</s>" for _, t in pairs], add_special_tokens=False)["input_ids"]
+    return [(list(p) + list(c), len(p)) for p, c in zip(prompts, completions, strict=True)]
+
+
+def length_batches(data: list[tuple[list[int], int]], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Batches of similar length (little padding: ~3x faster on CPU), in random order."""
+    order = sorted(range(len(data)), key=lambda i: (len(data[i][0]), rng.random()))
+    batches = [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def batch_tensors(examples: list[tuple[list[int], int]], pad_id: int) -> tuple[Any, Any]:
+    import torch
+
+    width = max(len(ids) for ids, _ in examples)
+    inputs = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    for row, (ids, prompt_len) in enumerate(examples):
+        inputs[row, : len(ids)] = torch.tensor(ids)
+        labels[row, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:])
+    return inputs, labels
+
+
+def train(
+    out: Path,
+    steps: int = 3600,
+    batch_size: int = 64,
+    train_traces: int = 250_000,
+    lr: float = 2e-3,
+    warmup: int = 150,
+    vocab_size: int = 320,
+    seed: int = 0,
+    threads: int = 2,
+    log_every: int = 50,
+) -> dict[str, Any]:
+    """Train and save the model, tokenizer and training log to `out`; returns the final summary."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    started = time.monotonic()
+    style = TraceStyle()
+    rng = random.Random(seed)
+    train_problems = problems(seed, train_traces, "train", style)
+    pairs = [(p.text, trace(p, rng, style)[0]) for p in train_problems]
+    held_out = [(p.text, trace(p, rng, style)[0]) for p in problems(seed + 1, 512, "eval", style)]
+    tokenizer = build_tokenizer([user_prompt(p) + t for p, t in pairs[:20_000]], vocab_size)
+    data = encode(tokenizer, pairs)
+    held = encode(tokenizer, held_out)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.02,
+    )
+    model = transformers.LlamaForCausalLM(config)  # type: ignore[no-untyped-call]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "training_log.jsonl"
+    order = random.Random(seed + 2)
+    log = log_path.open("w")
+    header = {
+        "event": "start",
+        "seed": seed,
+        "steps": steps,
+        "batch_size": batch_size,
+        "train_traces": len(data),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": len(tokenizer),
+        "style": style.__dict__,
+        "data_seconds": round(time.monotonic() - started, 1),
+    }
+    log.write(json.dumps(header) + "\n")
+    running = 0.0
+    model.train()
+    batches: list[list[int]] = []
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, steps, lr, warmup)
+        if not batches:
+            batches = length_batches(data, batch_size, order)
+        inputs, labels = batch_tensors([data[i] for i in batches.pop()], tokenizer.pad_token_id)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=inputs, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        running += loss.item()
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            count = (step % log_every) + 1
+            record = {
+                "step": step + 1,
+                "loss": round(running / count, 4),
+                "lr": round(optimizer.param_groups[0]["lr"], 6),
+                "elapsed_s": round(time.monotonic() - started, 1),
+            }
+            if (step + 1) % (log_every * 10) == 0 or step + 1 == steps:
+                record["held_out_loss"] = round(held_out_loss(model, held, tokenizer.pad_token_id), 4)
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            print(json.dumps(record), flush=True)
+            running = 0.0
+    model.eval()  # type: ignore[no-untyped-call]
+    summary = {
+        "event": "done",
+        "held_out_loss": round(held_out_loss(model, held, tokenizer.pad_token_id), 4),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    log.write(json.dumps(summary) + "\n")
+    log.close()
+    model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    return summary
+
+
+def held_out_loss(model: Any, examples: list[tuple[list[int], int]], pad_id: int) -> float:
+    import torch
+
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for start in range(0, len(examples), 128):
+            inputs, labels = batch_tensors(examples[start : start + 128], pad_id)
+            total += float(model(input_ids=inputs, labels=labels).loss)
+            count += 1
+    model.train(was_training)
+    return total / max(1, count)
+
+
+def main(
+    out: Annotated[Path, typer.Option(help="Output directory (weights, tokenizer, training_log.jsonl).")],
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 3600,
+    batch_size: Annotated[int, typer.Option(help="Traces per step.")] = 64,
+    train_traces: Annotated[int, typer.Option(help="Distinct training traces generated.")] = 250_000,
+    seed: Annotated[int, typer.Option(help="Seed of data, initialisation and batch order.")] = 0,
+    threads: Annotated[int, typer.Option(help="Torch CPU threads.")] = 2,
+) -> None:
+    """Train the toy demo reasoning model."""
+    summary = train(out, steps=steps, batch_size=batch_size, train_traces=train_traces, seed=seed, threads=threads)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,50 @@
+"""Reflection positions, directions and the layer scan on synthetic data with a known answer."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from steering.extract.keywords import count_markers, keyword_spans
+from steering.extract.methods import diffmean, pca_direction, probe_accuracy, recommend_layer, scan_layer
+from steering.extract.positions import trace_positions
+
+
+def char_tokens(text: str) -> list[tuple[int, int]]:
+    return [(i, i + 1) for i in range(len(text))]
+
+
+def test_positions_one_per_episode_and_delimiters_far_from_keywords() -> None:
+    prompt = "Q\n\n"
+    body = "a=1\n\nb=2\n\nWait, let me re-check: b=2.\n\n" + "c=3\n\n" * 20 + "done"
+    text = prompt + body
+    found = trace_positions(text, char_tokens(text), start=len(prompt), horizon=12, min_tail=3, episode_gap=20)
+    wait_at = text.index("Wait")
+    assert found.reflective == [wait_at - 1]  # "re-check" in the same sentence adds no position
+    assert all(text[: p + 1].endswith("\n\n") for p in found.non_reflective)
+    assert all(p >= len(prompt) for p in found.non_reflective)  # the prompt's delimiter never counts
+    near = [p for p in range(len(prompt), wait_at) if text[: p + 1].endswith("\n\n") and wait_at - p <= 12]
+    assert near and not set(near) & set(found.non_reflective)  # keyword within the horizon: excluded
+    assert max(found.non_reflective) < len(text) - 3
+
+
+def test_keywords_are_the_papers_list_case_insensitive() -> None:
+    assert count_markers("WAIT. Let me recheck, re-evaluate and examine again; try again.") == 5
+    assert keyword_spans("no reflection here") == []
+
+
+def test_diffmean_pca_and_scan_find_the_planted_direction() -> None:
+    rng = np.random.default_rng(0)
+    hidden = 32
+    planted = np.zeros(hidden)
+    planted[3] = 1.0
+    negative = rng.standard_normal((400, hidden))
+    positive = rng.standard_normal((300, hidden)) + 2.0 * planted
+    v = diffmean(positive, negative)
+    assert abs(v @ planted) / np.linalg.norm(v) > 0.95 and abs(np.linalg.norm(v) - 2.0) < 0.3
+    pc = pca_direction(positive, negative)
+    assert pc @ planted > 0 and abs(pc @ planted) / np.linalg.norm(pc) > 0.9
+    strong = scan_layer(0, positive, negative)
+    weak = scan_layer(1, rng.standard_normal((300, hidden)) + 0.2 * planted, negative)
+    assert strong.probe_accuracy > 0.8 > weak.probe_accuracy > 0.4
+    assert recommend_layer([weak, strong]) == 0
+    assert 0.45 < probe_accuracy(rng.standard_normal((200, hidden)), rng.standard_normal((200, hidden))) < 0.6
