@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install (if needed) and start the server on the embedded defaults: the tiny offline demo model and the
+# Install (if needed) and start the server on the embedded defaults: the bundled toy demo model and the
 # embedded vector store under ~/.local/share/steerserve. Extra arguments go to `steerserve serve`.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,4 +1,5 @@
-"""`steerserve serve` as a user runs it: no arguments but a port and data dir (demo model, embedded store)."""
+"""`steerserve serve` as a user runs it: no arguments but a port and data dir (the bundled toy demo reasoning model,
+its reflection vector and presets, the embedded store)."""
 
 from __future__ import annotations
 
@@ -56,9 +57,24 @@ def test_serve_defaults_persist_vectors_and_exit_cleanly(tmp_path: Path) -> None
     proc = start(tmp_path / "data", port, log)
     try:
         wait_ready(url, proc, log)
-        models = httpx.get(f"{url}/v1/models").json()["data"]
-        assert models[0]["id"] == "steerserve-demo"
-        hidden = 128
+        models = [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]]
+        assert models[0] == "steerserve-demo" and {"reflect-up", "reflect-down"} <= set(models)
+        reflection = httpx.get(f"{url}/v1/steering/vectors/reflection").json()
+        assert reflection["provenance"]["method"] == "diffmean" and reflection["provenance"]["scan"]
+        chats = {}
+        for preset in ("steerserve-demo", "reflect-up", "reflect-down"):
+            answer = httpx.post(
+                f"{url}/v1/chat/completions",
+                timeout=60,
+                json={"model": preset, "messages": [{"role": "user", "content": "37+48-19"}], "max_tokens": 200},
+            )
+            assert answer.status_code == 200, answer.text
+            chats[preset] = answer.json()
+        message = chats["steerserve-demo"]["choices"][0]["message"]
+        assert message["reasoning_content"] and "Answer:" in message["content"]  # the toy thinks, then answers
+        assert chats["reflect-up"]["steering"]["preset"] == "reflect-up"
+        assert chats["steerserve-demo"]["usage"]["completion_tokens_details"]["reasoning_tokens"] > 0
+        hidden = 256
         data = base64.b64encode(np.ones(hidden, dtype="<f4").tobytes()).decode()
         created = httpx.post(f"{url}/v1/steering/vectors", json={"id": "kept", "layers": {"1": data}})
         assert created.status_code == 201, created.text

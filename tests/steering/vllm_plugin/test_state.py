@@ -80,12 +80,12 @@ def test_gates_follow_position_modes_and_triggers() -> None:
     slots = state.slots_for(["b", "a"])
     layout = token_layout(slots, [2, 4], [0, 2], [5, 3])  # a: positions 2..5 with prompt 3
     ids = torch.tensor([1, 2, 7, 9, 7, 3])
-    state.prepare_step(layout, ids)
+    state.prepare_step(layout, ids, ["b", "a"])
     sa = int(slots[1])
     assert state.token_slot[:6].tolist() == [0, 0, sa, sa, sa, sa]
     assert state.token_gate[2:6, 0].tolist() == [0.0, 1.0, 1.0, 1.0]  # generated: positions 3, 4, 5
     assert state.token_gate[2:6, 1].tolist() == [1.0, 0.0, 1.0, 0.0]  # trigger token 7
-    state.prepare_step(token_layout(slots[:1], [2], [5], [5]), ids)  # only b: buffers go back to slot 0
+    state.prepare_step(token_layout(slots[:1], [2], [5], [5]), ids, ["b"])  # only b: buffers go back to slot 0
     assert not state.token_slot[:6].any()
 
 
@@ -100,3 +100,36 @@ def test_missing_vector_or_full_table_never_raises() -> None:
     state.forget_request("y")
     state.attach_request("z", payload([{"vector": "v", "strength": 2.0}], v))
     assert state.slots_for(["z"])[0] > 0
+
+
+def test_capture_rows_follow_requests_positions_and_chunks() -> None:
+    """Rows land in their own request at their own positions, across prefill chunks; mean pools each once."""
+    state = make_state()
+    capture = state.capture
+    assert capture is not None
+    state.attach_request(
+        "p", {"steerserve_capture": {"id": "P", "layers": [0, 2], "positions": [1, 4], "pool": "none"}}
+    )
+    state.attach_request(
+        "m", {"steerserve_capture": {"id": "M", "layers": [1], "positions": [0, 1, 2], "pool": "mean"}}
+    )
+    state.attach_request("u", None)
+    hidden = torch.arange(64 * 8, dtype=torch.float32).reshape(64, 8)
+
+    def run(req_ids: list[str], counts: list[int], computed: list[int], prompts: list[int]) -> None:
+        layout = token_layout(state.slots_for(req_ids), counts, computed, prompts)
+        state.prepare_step(layout, torch.zeros(64, dtype=torch.long), req_ids)
+        for layer, buffer in capture.buffers.items():  # what the patched layer does: gather the wanted rows
+            buffer.copy_(hidden.index_select(0, capture.index) + layer)
+        capture.collect()
+
+    run(["u", "p", "m"], [3, 3, 2], [0, 0, 0], [9, 6, 3])  # p: positions 0..2 (tokens 3..5); m: 0..1 (6..7)
+    assert capture.pop(["P", "M"]) == {}  # neither is complete yet
+    run(["m", "p"], [1, 3], [2, 3], [3, 6])  # m: position 2 (token 0); p: positions 3..5 (tokens 1..3)
+    got = capture.pop(["P", "M"])
+    p_rows = np.frombuffer(got["P"]["layers"][2], dtype="<f4").reshape(-1, 8)
+    assert got["P"]["positions"] == [1, 4] and set(got["P"]["layers"]) == {0, 2}
+    assert p_rows[0].tolist() == (hidden[4] + 2).tolist() and p_rows[1].tolist() == (hidden[2] + 2).tolist()
+    mean = np.frombuffer(got["M"]["layers"][1], dtype="<f4")
+    assert got["M"]["count"] == 3 and np.allclose(mean, ((hidden[6] + hidden[7] + hidden[0]) / 3 + 1).numpy())
+    assert not capture.index.any() and not capture.has_jobs  # index back to row 0; jobs published
