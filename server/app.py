@@ -19,7 +19,7 @@ from server.errors import PayloadTooLargeError, error_response, install_error_ha
 from server.experiments import Experiments
 from server.metrics import ServerMetrics
 from server.reasoning import ReasoningMarkers
-from server.serving import OpenAIServing
+from server.serving_chat import ChatServing
 from server.settings import ServerSettings
 from server.state import ServerState
 from server.steering_sources import SteeringSources
@@ -94,9 +94,7 @@ def create_app(settings: ServerSettings, engine: Any, store: VectorStore, served
         settings=settings,
         engine=engine,
         registry=registry,
-        serving=OpenAIServing(
-            engine, sources, metrics, served_model, settings.max_queued_requests, markers, experiments
-        ),
+        serving=ChatServing(engine, sources, metrics, served_model, settings.max_queued_requests, markers, experiments),
         admin=admin,
         metrics=metrics,
         keys=KeyPolicy(settings.api_key, settings.admin_key),

@@ -48,12 +48,12 @@ async def install_demo_assets(store: VectorStore, model_dir: Path, fingerprint: 
     from steering.store.base import Preset
     from steering.vectors import VectorDefaults
 
-    meta_path = model_dir / "reflection.json"
+    meta_path = model_dir / "steerserve" / "reflection.json"
     if not meta_path.exists():
         return
     meta = json.loads(meta_path.read_text())
     if await store.latest_version(meta["id"]) is None:
-        tensors = load_file(str(model_dir / "reflection.safetensors"))
+        tensors = load_file(str(model_dir / "steerserve" / "reflection.safetensors"))
         layers = {int(name.split(".")[1]): values for name, values in tensors.items()}
         d = meta["defaults"]
         defaults = VectorDefaults(d["strength"], d["op"], d["site"], d["positions"], tuple(d["layers"]))

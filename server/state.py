@@ -9,7 +9,7 @@ from server.admin import Admin
 from server.auth import KeyPolicy
 from server.experiments import Experiments
 from server.metrics import ServerMetrics
-from server.serving import OpenAIServing
+from server.serving_chat import ChatServing
 from server.settings import ServerSettings
 from steering.extract.jobs import ExtractionJobs
 from steering.store.cache import CachedRegistry
@@ -20,7 +20,7 @@ class ServerState:
     settings: ServerSettings
     engine: Any  # steering.engine.SteeringEngine (or a fake with the same surface in tests)
     registry: CachedRegistry
-    serving: OpenAIServing
+    serving: ChatServing
     admin: Admin
     metrics: ServerMetrics
     keys: KeyPolicy

@@ -21,6 +21,7 @@ from steering.errors import InvalidSteeringError
 
 Float32Array = npt.NDArray[np.float32]
 POOLS = ("none", "mean")
+SITES = ("residual", "mlp")
 
 
 @dataclass(frozen=True)
@@ -91,16 +92,20 @@ class ActivationCapture:
         positions: Sequence[int] | None = None,
         pool: str = "none",
         extra_args: dict[str, Any] | None = None,
+        site: str = "residual",
     ) -> Activations:
-        """Capture the stream after each block in `layers` (layer L = HF `hidden_states[L + 1]`)."""
+        """Capture the stream after each block in `layers` (layer L = HF `hidden_states[L + 1]`), or with
+        `site="mlp"` the block's MLP output (where the `mlp` steering site acts)."""
         from vllm import SamplingParams
 
         ids = [int(t) for t in prompt_token_ids]
         rows = self.check(len(ids), layers, positions, pool)
+        if site not in SITES:
+            raise InvalidSteeringError(f"capture site must be one of {SITES}", param="site")
         wanted = sorted(set(positions)) if positions is not None else list(range(len(ids)))
         capture_id = uuid.uuid4().hex
         layer_ids = sorted({int(x) for x in layers})
-        payload = {"id": capture_id, "layers": layer_ids, "positions": wanted, "pool": pool}
+        payload = {"id": capture_id, "layers": layer_ids, "positions": wanted, "pool": pool, "site": site}
         params = SamplingParams(
             max_tokens=1, temperature=0.0, extra_args={**(extra_args or {}), "steerserve_capture": payload}
         )

@@ -237,9 +237,11 @@ class SteeringEngine:
         layers: Sequence[int],
         positions: Sequence[int] | None = None,
         pool: str = "none",
+        site: str = "residual",
     ) -> Activations:
-        """Residual-stream activations of one prompt at `layers` (all prompt positions when `positions` is None)."""
-        return await self.activations.run(prompt_token_ids, layers, positions, pool)
+        """Activations of one prompt at `layers` (all prompt positions when `positions` is None): the residual
+        stream after each block, or its MLP output with `site="mlp"`."""
+        return await self.activations.run(prompt_token_ids, layers, positions, pool, site=site)
 
     # ---- helpers for the server (which never imports vLLM or torch) ---------------------------------------
     def sampling_params(

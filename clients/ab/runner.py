@@ -81,6 +81,26 @@ def _b64(values: np.ndarray) -> str:
     return base64.b64encode(np.asarray(values, dtype="<f4").tobytes()).decode()
 
 
+async def post_with_retry(
+    client: httpx.AsyncClient, path: str, body: dict[str, Any], attempts: int = 4
+) -> tuple[httpx.Response, float]:
+    """POST, retrying a dropped connection (a pooled keep-alive connection the server closed just then) and 503
+    overload answers; returns the response and the latency of the attempt that got it."""
+    for attempt in range(attempts):
+        started = time.perf_counter()
+        try:
+            response = await client.post(path, json=body)
+        except httpx.TransportError:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.2 * (attempt + 1))
+            continue
+        if response.status_code != 503 or attempt == attempts - 1:
+            return response, time.perf_counter() - started
+        await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+    raise AssertionError("unreachable")
+
+
 def build_arms(config: RunConfig, random_id: str | None) -> list[ArmSpec]:
     arms = []
     for strength in sorted(set(config.strengths) | {0.0}):
@@ -124,9 +144,7 @@ async def run(
             if arm.steering is not None:
                 body["steering"] = arm.steering
             async with gate:
-                started = time.perf_counter()
-                response = await client.post("/v1/chat/completions", json=body)
-                latency = time.perf_counter() - started
+                response, latency = await post_with_retry(client, "/v1/chat/completions", body)
             response.raise_for_status()
             data = response.json()
             choice = data["choices"][0]

@@ -43,6 +43,7 @@ class ExtractionOutcome:
     def provenance(self, request: ExtractionRequest, stored_layers: Sequence[int]) -> dict[str, Any]:
         return {
             "method": request.method,
+            "site": request.site,
             "contrast": request.contrast,
             "data_sha256": self.data_sha256,
             "counts": self.counts,
@@ -126,7 +127,7 @@ async def _trace_rows(
         wanted = sorted(set(pos + neg))[:capacity]
         if wanted and len(trace.ids) < engine.activations.max_model_len:
             async with gate:
-                got = await engine.capture(trace.ids, layers, positions=wanted)
+                got = await engine.capture(trace.ids, layers, positions=wanted, site=request.site)
             row_of = {p: i for i, p in enumerate(got.positions)}
             for layer in layers:
                 matrix = got.layers[layer]
@@ -157,10 +158,10 @@ async def _text_rows(
         ids = _prompt_ids(engine, text, True)
         async with gate:
             if request.text_pool == "mean":
-                got = await engine.capture(ids, layers, pool="mean")
+                got = await engine.capture(ids, layers, pool="mean", site=request.site)
                 pooled: dict[int, np.ndarray] = got.layers
                 return pooled
-            got = await engine.capture(ids, layers, positions=[len(ids) - 1])
+            got = await engine.capture(ids, layers, positions=[len(ids) - 1], site=request.site)
             return {layer: got.layers[layer][0] for layer in layers}
 
     pos_rows = await asyncio.gather(*(rows(t) for t in request.positive))

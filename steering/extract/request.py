@@ -23,6 +23,10 @@ class ExtractionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str = Field(description="Vector id to store the result under (a new version if it exists).")
     method: Literal["diffmean", "pca"] = "diffmean"
+    site: Literal["residual", "mlp"] = Field(
+        default="residual",
+        description="Where activations are read: the residual stream after the block, or the block's MLP output.",
+    )
     layers: list[int] | None = Field(
         default=None, description="Layers to store; default: the scan's recommended layer. -1 = last."
     )

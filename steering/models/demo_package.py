@@ -17,9 +17,13 @@ import typer
 from steering.models.arith import problems
 
 VECTOR_ID = "reflection"
+ASSETS = "steerserve"  # subdirectory of the model dir with the vector and presets
+# Operator and strengths chosen by a pilot on "extract"-split problems (never the A/B "eval" split): on this toy
+# the projection op raises reflection but barely lowers it, while adding the direction works both ways.
+OP, SITE = "add", "mlp"
 PRESETS: dict[str, dict[str, Any]] = {
-    "reflect-up": {"strength": 1.0, "description": "toy demo: reflect more (projection-scaled, strength +1)"},
-    "reflect-down": {"strength": -1.0, "description": "toy demo: reflect less (projection removed, strength -1)"},
+    "reflect-up": {"strength": 0.5, "description": "toy demo: reflect more (add the reflection direction, +0.5)"},
+    "reflect-down": {"strength": -1.0, "description": "toy demo: reflect less (subtract the reflection direction)"},
 }
 
 
@@ -36,6 +40,7 @@ async def _extract(model_dir: Path, count: int, seed: int, layers: list[int] | N
         request = ExtractionRequest(
             id=VECTOR_ID,
             method="diffmean",
+            site="mlp",  # read where the presets act: the MLP output (the paper's site)
             layers=layers,
             problems=[p.text for p in problems(seed, count, "extract")],
             temperature=1.0,
@@ -59,19 +64,21 @@ def package(model_dir: Path, count: int = 600, seed: int = 0, layers: list[int] 
 
     result = asyncio.run(_extract(model_dir, count, seed, layers))
     tensors = {f"layer.{k}": np.asarray(v, dtype=np.float32) for k, v in result["layers"].items()}
-    save_file(tensors, str(model_dir / "reflection.safetensors"))
+    assets = model_dir / ASSETS
+    assets.mkdir(exist_ok=True)  # not beside the weights: vLLM loads every *.safetensors of the model dir
+    save_file(tensors, str(assets / "reflection.safetensors"))
     chosen = sorted(int(k) for k in result["layers"])
     meta = {
         "id": VECTOR_ID,
         "description": "toy demo: self-reflection direction extracted from the demo model's own traces",
-        "defaults": {"op": "project", "site": "mlp", "positions": "all", "strength": 1.0, "layers": chosen},
+        "defaults": {"op": OP, "site": SITE, "positions": "all", "strength": 1.0, "layers": chosen},
         "provenance": result["provenance"],
         "presets": {
             name: {"steering": [{"vector": VECTOR_ID, "strength": p["strength"]}], "description": p["description"]}
             for name, p in PRESETS.items()
         },
     }
-    (model_dir / "reflection.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (assets / "reflection.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
 

@@ -36,6 +36,7 @@ class CaptureJob:
     layers: tuple[int, ...]
     positions: frozenset[int]  # the prompt positions wanted
     pool: str  # "none" | "mean"
+    site: str = "residual"  # "residual": stream after the block; "mlp": the block's MLP output
     rows: dict[int, dict[int, np.ndarray]] = field(default_factory=dict)  # layer -> position -> row
     sums: dict[int, np.ndarray] = field(default_factory=dict)  # layer -> float64 sum (pool "mean")
     count: int = 0
@@ -64,6 +65,8 @@ class CaptureState:
         self.local_layers = tuple(local_layers)
         with torch.inference_mode(False):
             self.index = torch.zeros(capacity, dtype=torch.int64, device=device)
+            # 1 for rows of the residual stream (h + r), 0 for rows of the block's MLP output (h alone)
+            self.residual_scale = torch.ones(capacity, 1, dtype=dtype, device=device)
             self.buffers = {
                 layer: torch.zeros(capacity, hidden_size, dtype=dtype, device=device) for layer in self.local_layers
             }
@@ -92,6 +95,7 @@ class CaptureState:
             layers=tuple(int(x) for x in payload["layers"] if int(x) in self.buffers),
             positions=frozenset(int(p) for p in payload["positions"]),
             pool=str(payload.get("pool", "none")),
+            site=str(payload.get("site", "residual")),
         )
 
     def forget(self, req_id: str) -> None:
@@ -130,6 +134,8 @@ class CaptureState:
             rows, self._pending = rows[: self.capacity], self._pending[: self.capacity]
         if rows:
             self.index[: len(rows)].copy_(torch.tensor(rows, dtype=torch.int64))
+            scale = [0.0 if job.site == "mlp" else 1.0 for job, _ in self._pending]
+            self.residual_scale[: len(rows), 0].copy_(torch.tensor(scale, dtype=self.residual_scale.dtype))
 
     def collect(self) -> None:
         """After the forward: move this step's rows out of the buffers into their requests."""

@@ -55,6 +55,7 @@ def install(layers: list[tuple[int, nn.Module]], state: SteeringState) -> None:
         if state.capture is not None:
             layer.register_buffer("steer_capture_index", state.capture.index, persistent=False)
             layer.register_buffer("steer_capture_buffer", state.capture.buffers[index], persistent=False)
+            layer.register_buffer("steer_capture_residual_scale", state.capture.residual_scale, persistent=False)
         setattr(layer, "_steer_capture", state.capture is not None)  # a trace-time constant
         layer.__class__ = _steered_class(type(layer), _layer_forward)
         if "attn" in state.config.sites:
@@ -122,7 +123,8 @@ def _capture(layer: nn.Module, hidden: torch.Tensor, residual: torch.Tensor) -> 
             return
     index: torch.Tensor = getattr(layer, "steer_capture_index")
     buffer: torch.Tensor = getattr(layer, "steer_capture_buffer")
-    buffer.copy_(hidden.index_select(0, index) + residual.index_select(0, index))
+    scale: torch.Tensor = getattr(layer, "steer_capture_residual_scale")
+    buffer.copy_(hidden.index_select(0, index) + residual.index_select(0, index) * scale)
 
 
 def _attn_forward(self: nn.Module, base: type, *args: Any, **kwargs: Any) -> Any:

@@ -72,3 +72,23 @@ async def test_capture_while_other_requests_decode(llama_engine: Any) -> None:
     together = mixed[-1]
     for layer in (0, 3):
         np.testing.assert_allclose(together.layers[layer], alone.layers[layer], atol=1e-5)
+
+
+async def test_capture_mlp_site_matches_hf_mlp_output(llama_engine: Any, hf_llama: Any) -> None:
+    """site="mlp" reads the block's MLP output (where the `mlp` steering site acts), not the stream."""
+    ids = PROMPTS[0]
+    outputs: dict[int, np.ndarray] = {}
+    hooks = [
+        layer.mlp.register_forward_hook(lambda _m, _i, out, k=k: outputs.__setitem__(k, out[0].detach().numpy()))
+        for k, layer in enumerate(hf_llama.model.layers)
+    ]
+    try:
+        hf_states(hf_llama, ids)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    got = await llama_engine.capture(ids, [0, 2], positions=[1, 9, 30], site="mlp")
+    for layer in (0, 2):
+        np.testing.assert_allclose(got.layers[layer], outputs[layer][[1, 9, 30]], atol=2e-4, rtol=1e-3)
+    stream = await llama_engine.capture(ids, [2], positions=[1, 9, 30])
+    assert not np.allclose(stream.layers[2], got.layers[2])
