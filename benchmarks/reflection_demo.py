@@ -139,6 +139,7 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--max-tokens", type=int, default=384)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--term", default=None, help="JSON term fields for every steered arm (ab run --term)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     steerserve = str(Path(sys.executable).parent / "steerserve")
@@ -192,6 +193,8 @@ def main() -> None:
                 str(report_dir),
                 "--json",
             ]
+            if args.term:
+                ab += ["--term", args.term]
             started = time.monotonic()
             done = subprocess.run(ab, env=env, capture_output=True, text=True, check=False)
             if done.returncode != 0:

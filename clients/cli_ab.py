@@ -40,6 +40,10 @@ def run_ab(
     model: Annotated[str | None, typer.Option(help="Served model name (default: the server's first model).")] = None,
     api_key: Annotated[str | None, typer.Option(envvar="STEERSERVE_API_KEY")] = None,
     admin_key: Annotated[str | None, typer.Option(envvar="STEERSERVE_ADMIN_KEY", help="To upload the control.")] = None,
+    term: Annotated[
+        str | None,
+        typer.Option(help='JSON of term fields for every steered arm, e.g. \'{"positions": {"tokens": ["\\n\\n"]}}\'.'),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("ab-report"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
@@ -71,6 +75,7 @@ def run_ab(
         concurrency=concurrency,
         api_key=api_key,
         admin_key=admin_key,
+        term_fields=tuple(sorted(json.loads(term).items())) if term else (),
     )
     with Progress(
         "[progress.description]{task.description}",

@@ -11,13 +11,10 @@ from typing import Any
 import uvicorn
 
 from server.app import create_app
-from server.settings import ServerSettings
+from server.settings import DEMO_NAME, ServerSettings
 from steering.store.base import VectorStore
 
 logger = logging.getLogger("steerserve.server")
-
-
-DEMO_NAME = "steerserve-demo"
 
 
 def demo_model_dir() -> Path:

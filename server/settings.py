@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEMO_NAME = "steerserve-demo"  # served name of the bundled toy model
+
 
 def default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "steerserve"

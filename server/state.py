@@ -10,7 +10,7 @@ from server.auth import KeyPolicy
 from server.experiments import Experiments
 from server.metrics import ServerMetrics
 from server.serving_chat import ChatServing
-from server.settings import ServerSettings
+from server.settings import DEMO_NAME, ServerSettings
 from steering.extract.jobs import ExtractionJobs
 from steering.store.cache import CachedRegistry
 
@@ -38,6 +38,8 @@ class ServerState:
             "parent": None,
             "max_model_len": self.engine.max_model_len,
         }
+        if self.served_model == DEMO_NAME:
+            base["description"] = "toy demo reasoning model: chain arithmetic only, not a real reasoner"
         presets = await self.registry.store.list_presets()
         data = [base] + [
             {

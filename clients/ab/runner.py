@@ -44,6 +44,7 @@ class RunConfig:
     concurrency: int = 32
     api_key: str | None = None
     admin_key: str | None = None
+    term_fields: tuple[tuple[str, Any], ...] = ()  # extra term fields for every steered arm (op, site, positions)
 
 
 def sample_seed(item: Item, sample: int, seed: int) -> int:
@@ -102,13 +103,14 @@ async def post_with_retry(
 
 
 def build_arms(config: RunConfig, random_id: str | None) -> list[ArmSpec]:
+    extra = dict(config.term_fields)
     arms = []
     for strength in sorted(set(config.strengths) | {0.0}):
-        steering = None if strength == 0 else [{"vector": config.vector, "strength": strength}]
+        steering = None if strength == 0 else [{"vector": config.vector, "strength": strength, **extra}]
         arms.append(ArmSpec(f"{config.vector}@{strength:g}", config.vector, float(strength), steering))
     if random_id is not None:
         for strength in sorted(set(config.random_strengths) - {0.0}):
-            steering = [{"vector": random_id, "strength": strength}]
+            steering = [{"vector": random_id, "strength": strength, **extra}]
             arms.append(ArmSpec(f"random@{strength:g}", "random", float(strength), steering))
     return arms
 

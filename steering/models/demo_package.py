@@ -18,12 +18,15 @@ from steering.models.arith import problems
 
 VECTOR_ID = "reflection"
 ASSETS = "steerserve"  # subdirectory of the model dir with the vector and presets
-# Operator and strengths chosen by a pilot on "extract"-split problems (never the A/B "eval" split): on this toy
-# the projection op raises reflection but barely lowers it, while adding the direction works both ways.
+# Operator, positions and strengths chosen by pilots on "extract"-split problems (never the A/B "eval" split): on
+# this toy the projection op barely lowers reflection, and steering every token also breaks the arithmetic,
+# while adding the direction only at step delimiters ("\n\n", where the model decides whether to reflect)
+# works both ways.
 OP, SITE = "add", "mlp"
+GATE = {"tokens": ["\n\n"]}
 PRESETS: dict[str, dict[str, Any]] = {
-    "reflect-up": {"strength": 0.5, "description": "toy demo: reflect more (add the reflection direction, +0.5)"},
-    "reflect-down": {"strength": -1.0, "description": "toy demo: reflect less (subtract the reflection direction)"},
+    "reflect-up": {"strength": 0.2, "description": "toy demo: reflect more (+0.2 at step delimiters)"},
+    "reflect-down": {"strength": -1.0, "description": "toy demo: reflect less (-1 at step delimiters)"},
 }
 
 
@@ -74,7 +77,10 @@ def package(model_dir: Path, count: int = 600, seed: int = 0, layers: list[int] 
         "defaults": {"op": OP, "site": SITE, "positions": "all", "strength": 1.0, "layers": chosen},
         "provenance": result["provenance"],
         "presets": {
-            name: {"steering": [{"vector": VECTOR_ID, "strength": p["strength"]}], "description": p["description"]}
+            name: {
+                "steering": [{"vector": VECTOR_ID, "strength": p["strength"], "positions": GATE}],
+                "description": p["description"],
+            }
             for name, p in PRESETS.items()
         },
     }

@@ -57,8 +57,10 @@ def test_serve_defaults_persist_vectors_and_exit_cleanly(tmp_path: Path) -> None
     proc = start(tmp_path / "data", port, log)
     try:
         wait_ready(url, proc, log)
-        models = [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]]
+        listed = httpx.get(f"{url}/v1/models").json()["data"]
+        models = [m["id"] for m in listed]
         assert models[0] == "steerserve-demo" and {"reflect-up", "reflect-down"} <= set(models)
+        assert "toy" in listed[0]["description"] and all("toy" in m["description"] for m in listed[1:])
         reflection = httpx.get(f"{url}/v1/steering/vectors/reflection").json()
         assert reflection["provenance"]["method"] == "diffmean" and reflection["provenance"]["scan"]
         chats = {}
