@@ -67,14 +67,12 @@ def extract(
         body["layers"] = [int(x) for x in layers.split(",")]
     if traces is not None:
         body["traces"] = _lines(traces)
-    elif problems is not None:
-        items = load_items(problems, problems_format, limit)
-        if problems == "demo":  # the extraction split of the toy: never the A/B evaluation problems
-            from steering.models.arith import problems as arith_problems
+    elif problems == "demo":  # the extraction split of the toy: never the A/B evaluation problems
+        from steering.models.arith import problems as arith_problems
 
-            body["problems"] = [p.text for p in arith_problems(seed, limit or 300, "extract")]
-        else:
-            body["problems"] = [item.prompt for item in items]
+        body["problems"] = [p.text for p in arith_problems(seed, limit or 300, "extract")]
+    elif problems is not None:
+        body["problems"] = [item.prompt for item in load_items(problems, problems_format, limit)]
     elif positive is not None and negative is not None:
         body["positive"], body["negative"] = _texts(positive), _texts(negative)
     else:

@@ -5,22 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.redis_server import free_port
+
 pytestmark = pytest.mark.engine
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "clients" / "fixtures" / "math500_test.jsonl"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_recipe_end_to_end_on_tiny_qwen2(tiny_qwen2: Path, tmp_path: Path) -> None:
