@@ -74,3 +74,30 @@ async def test_experiment_writes_need_the_admin_key(tmp_path: Path) -> None:
             await c.post("/v1/steering/vectors/extract", json={"id": "v", "problems": ["1+1"]}, headers=user), 403
         )
     await c.aclose()
+
+
+async def test_extraction_job_errors_and_failure_state(tmp_path: Path) -> None:
+    """Bad requests are 400 before a job exists; a job that fails says why in its document (the fake engine
+    cannot capture activations, so the job fails)."""
+    import asyncio
+
+    c, _, app = await make_client(tmp_path)
+    async with app.router.lifespan_context(app):
+        two = {"id": "v", "problems": ["1+1"], "traces": [{"prompt": "a", "completion": "b"}]}
+        assert_error(await c.post("/v1/steering/vectors/extract", json=two), 400)
+        assert_error(
+            await c.post("/v1/steering/vectors/extract", json={"id": "v", "problems": ["1"], "layers": [9]}),
+            400,
+            "layers",
+        )
+        assert_error(await c.post("/v1/steering/vectors/extract", json={"id": "bad/id", "problems": ["1"]}), 400)
+        assert_error(await c.get("/v1/steering/jobs/extract-nope"), 404)
+        created = await c.post("/v1/steering/vectors/extract", json={"id": "v", "positive": ["a"], "negative": ["b"]})
+        assert created.status_code == 202 and created.headers["location"].endswith(created.json()["id"])
+        await app.state.steerserve.jobs.wait_all()
+        await asyncio.sleep(0)
+        job = (await c.get(f"/v1/steering/jobs/{created.json()['id']}")).json()
+        assert job["status"] == "failed" and job["error"]["message"]
+        assert [j["id"] for j in (await c.get("/v1/steering/jobs")).json()["data"]] == [job["id"]]
+        assert (await c.get("/v1/steering/vectors/v")).status_code == 404  # nothing half-written
+    await c.aclose()
