@@ -76,13 +76,16 @@ class OpenAIServing:
         self.markers = markers
         self.experiments = experiments
         self.opened = False  # the chat template itself opens the thinking section (R1 style)
-        self.close_ids: list[int] = []
+        self.close_ids: list[int] = []  # what a thinking budget appends to close an open section
+        self.close_text = ""
+        self._end_id: int | None = None
         if markers is not None:
             probe = engine.render_chat([{"role": "user", "content": "x"}])
             self.opened = str(engine.tokenizer.decode(probe)).rstrip().endswith(markers.start)
             self.close_ids = list(engine.tokenizer.encode(f"\n\n{markers.end}\n", add_special_tokens=False))
+            self.close_text = str(engine.tokenizer.decode(self.close_ids))
             end_ids = engine.tokenizer.encode(markers.end, add_special_tokens=False)
-            self._end_id: int | None = int(end_ids[0]) if len(end_ids) == 1 else None
+            self._end_id = int(end_ids[0]) if len(end_ids) == 1 else None
 
     # ---- shared -------------------------------------------------------------------------------------------
     async def _steering(self, req: SamplingFields, http: Request) -> RequestSteering:
@@ -95,12 +98,18 @@ class OpenAIServing:
             req.model, req.steering, http.headers.get(HEADER), req.experiment, req.user
         )
 
-    def _reasoning_tokens(self, ids: list[int], text: str) -> int:
-        """Tokens of the thinking section, its end marker included (0 without a section)."""
-        if self.markers is None:
-            return 0
-        reasoning, _ = split_reasoning(self.markers.start + text if self.opened else text, self.markers)
-        if reasoning is None:
+    def _sectioned(self, text: str) -> str:
+        """An output as the thinking split reads it: with the start marker the chat template already wrote."""
+        return self.markers.start + text if self.markers is not None and self.opened else text
+
+    def _split(self, text: str) -> tuple[str | None, str]:
+        """(reasoning, content) of a finished output (call only when markers are set)."""
+        assert self.markers is not None
+        return split_reasoning(self._sectioned(text), self.markers)
+
+    def _reasoning_tokens(self, ids: list[int], text: str, reasoning: str | None) -> int:
+        """Tokens of the thinking section (`reasoning`, from `_split`), its end marker included."""
+        if self.markers is None or reasoning is None:
             return 0
         if self._end_id is not None and self._end_id in ids:
             return ids.index(self._end_id) + 1
@@ -109,9 +118,7 @@ class OpenAIServing:
         return len(self.engine.tokenizer.encode(reasoning, add_special_tokens=False))
 
     def _reflection(self, text: str) -> ReflectionCount:
-        if self.markers is not None and self.opened and self.markers.start not in text:
-            text = self.markers.start + text
-        return reflection_of(text, self.markers)
+        return reflection_of(self._sectioned(text), self.markers)
 
     def _observe(
         self,
@@ -245,11 +252,11 @@ class OpenAIServing:
             self.in_flight -= 1
             self.metrics.running.dec()
 
-    async def _collect(
-        self, prompt: list[int], params: Any, steering: RequestSteering, request_id: str, timing: Timing
-    ) -> Any:
+    @staticmethod
+    async def _last(outputs: AsyncIterator[Any]) -> Any:
+        """The final output of a non-streaming generation (None if it yielded nothing)."""
         final = None
-        async for output in self._generate(prompt, params, steering, request_id, timing):
+        async for output in outputs:
             final = output
         return final
 
@@ -311,7 +318,10 @@ class OpenAIServing:
         finals = await self._until_disconnect(
             http,
             asyncio.gather(
-                *(self._collect(p, params, steering, f"{request_id}-{i}", timing) for i, p in enumerate(prompts))
+                *(
+                    self._last(self._generate(p, params, steering, f"{request_id}-{i}", timing))
+                    for i, p in enumerate(prompts)
+                )
             ),
         )
         usage = Usage()

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from server.errors import BadRequestError
 from server.protocol import ChatCompletionRequest
-from server.reasoning import StreamingSplitter, split_reasoning
+from server.reasoning import StreamingSplitter
 from server.serving import OpenAIServing, Timing, Usage
 from server.steering_sources import RequestSteering
 from server.thinking import generate_with_budget
@@ -43,7 +43,7 @@ class ChatServing(OpenAIServing):
             return self._stream(self._chat_chunks(req, prompt, params, steering, request_id, base, budget), steering)
         timing = Timing()
         final = await self._until_disconnect(
-            http, self._collect_chat(prompt, params, steering, request_id, timing, budget)
+            http, self._last(self._chat_outputs(prompt, params, steering, request_id, timing, budget))
         )
         usage = Usage(prompt_tokens=len(prompt), reasoning_tokens=0 if self.markers is not None else None)
         if final is None:
@@ -56,10 +56,11 @@ class ChatServing(OpenAIServing):
             usage.completion_tokens += len(ids)
             message: dict[str, Any] = {"role": "assistant", "content": out.text}
             if self.markers is not None:
-                text = self.markers.start + out.text if self.opened else out.text
-                reasoning, content = split_reasoning(text, self.markers)
+                reasoning, content = self._split(out.text)
                 message = {"role": "assistant", "content": content, "reasoning_content": reasoning}
-                usage.reasoning_tokens = (usage.reasoning_tokens or 0) + self._reasoning_tokens(ids, out.text)
+                usage.reasoning_tokens = (usage.reasoning_tokens or 0) + self._reasoning_tokens(
+                    ids, out.text, reasoning
+                )
             counts.append(self._reflection(out.text))
             choices.append(
                 {
@@ -115,7 +116,6 @@ class ChatServing(OpenAIServing):
         def generate(ids: list[int], p: Any, rid: str) -> AsyncIterator[Any]:
             return self._generate(ids, p, steering, rid, timing)
 
-        close_text = str(self.engine.tokenizer.decode(self.close_ids))
         stream = params.output_kind.name == "DELTA"
         return generate_with_budget(
             generate,
@@ -124,25 +124,11 @@ class ChatServing(OpenAIServing):
             request_id,
             budget,
             self.close_ids,
-            close_text,
+            self.close_text,
             (self.markers.start, self.markers.end),
             self.opened,
             stream,
         )
-
-    async def _collect_chat(
-        self,
-        prompt: list[int],
-        params: Any,
-        steering: RequestSteering,
-        request_id: str,
-        timing: Timing,
-        budget: int | None,
-    ) -> Any:
-        final = None
-        async for output in self._chat_outputs(prompt, params, steering, request_id, timing, budget):
-            final = output
-        return final
 
     def _chat_logprobs(self, ids: list[int], lps: Any, top_n: int) -> dict[str, Any]:
         content = []
@@ -204,8 +190,8 @@ class ChatServing(OpenAIServing):
                     delta: dict[str, Any] = {"content": out.text}
                     if splitters:
                         reasoning, content = splitters[out.index].feed(out.text, final=out.finish_reason is not None)
-                        delta = {"content": content} if not reasoning else {"reasoning_content": reasoning}
-                        if reasoning and content:
+                        delta = {"reasoning_content": reasoning} if reasoning else {}
+                        if content or not reasoning:
                             delta["content"] = content
                     logprobs = (
                         self._chat_logprobs(new_ids, out.logprobs, req.top_logprobs or 0) if req.logprobs else None
@@ -223,7 +209,9 @@ class ChatServing(OpenAIServing):
                     }
             status = "success"
             if self.markers is not None:
-                usage.reasoning_tokens = sum(self._reasoning_tokens(ids[k], texts[k]) for k in texts)
+                usage.reasoning_tokens = sum(
+                    self._reasoning_tokens(ids[k], texts[k], self._split(texts[k])[0]) for k in texts
+                )
             described = self._observe(
                 steering,
                 [self._reflection(texts[k]) for k in sorted(texts)],
