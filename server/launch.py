@@ -98,6 +98,10 @@ async def serve(settings: ServerSettings) -> None:
     from steering.engine import SteeringEngine
 
     model = resolve_model(settings)
+    if not settings.model and settings.dtype == "auto":
+        from steering.models.demo_package import DEMO_DTYPE
+
+        settings = settings.model_copy(update={"dtype": DEMO_DTYPE})
     served = settings.served_model_name or (settings.model or DEMO_NAME)
     engine = SteeringEngine.create(engine_settings(settings, model, served))  # type: ignore[arg-type]
     store = open_store(settings, settings.registry_namespace or served)

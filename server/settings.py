@@ -48,7 +48,9 @@ class ServerSettings(BaseSettings):
     reasoning_start: str = Field(default="<think>", description="Marker that opens the thinking section.")
     reasoning_end: str = Field(default="</think>", description="Marker that closes the thinking section.")
     # engine pass-through
-    dtype: str = Field(default="auto", description="Model dtype (vLLM --dtype).")
+    dtype: str = Field(
+        default="auto", description="Model dtype (vLLM --dtype; auto serves the bundled toy demo in float32)."
+    )
     max_model_len: int | None = Field(default=None, description="Context length (vLLM --max-model-len).")
     enforce_eager: bool = Field(default=False, description="Disable torch.compile / CUDA graphs.")
     tensor_parallel_size: int = Field(default=1, description="vLLM tensor parallelism.")

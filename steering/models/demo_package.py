@@ -17,6 +17,9 @@ import typer
 from steering.models.arith import problems
 
 VECTOR_ID = "reflection"
+# The toy is served, and its vector extracted, in float32: vLLM's "auto" would downcast it to bf16 on CPU, which
+# is emulated (slow) on CPUs without native bf16 and rounds the toy's small activations differently per machine.
+DEMO_DTYPE = "float32"
 ASSETS = "steerserve"  # subdirectory of the model dir with the vector and presets
 # Operator, positions and strengths chosen by pilots on "extract"-split problems (never the A/B "eval" split): on
 # this toy the projection op barely lowers reflection, and steering every token also breaks the arithmetic,
@@ -37,7 +40,9 @@ async def _extract(model_dir: Path, count: int, seed: int, layers: list[int] | N
     from steering.extract.request import ExtractionRequest
 
     engine = SteeringEngine.create(
-        EngineSettings(model=str(model_dir), enforce_eager=True, steering=EngineSteeringConfig(), seed=seed)
+        EngineSettings(
+            model=str(model_dir), dtype=DEMO_DTYPE, enforce_eager=True, steering=EngineSteeringConfig(), seed=seed
+        )
     )
     try:
         request = ExtractionRequest(
