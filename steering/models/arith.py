@@ -1,12 +1,19 @@
 """Synthetic multi-step arithmetic with reflection: the training and evaluation data of the toy demo model.
 
 A problem is a chain such as ``37+48-19+26``. A trace solves it one step per ``\\n\\n``-delimited line inside
-``<think>…</think>`` and ends with ``Answer: N``. Each step is wrong with a small probability. After a step the
-trace sometimes reflects ("Wait, let me re-check: 85-19 = 85-10-9 = 75-9 = 66. …"): the decomposed re-check
-is easier than the step, so it is reliable. Like real reasoning models, most reflection re-verifies a step
-that was already right (redundant, and sometimes repeated: "Wait, let me check again: …"); a minority catches
-a real error, which the trace then corrects. So fewer reflections save many tokens and cost little accuracy,
-while more reflections catch more errors. No torch here: the generator also serves the bundled demo set.
+``<think>…</think>`` and ends with ``Answer: N``. Each step is wrong with a small probability (a slip the model
+learns to make too). After a step the trace sometimes reflects ("Wait, let me re-check: 85-19 = 85-10-9 = 75-9
+= 66. …"): the decomposed re-check is easier than the step, so it is reliable. Like real reasoning models, most
+reflection re-verifies a step that was already right, sometimes twice (a second check with the inverse
+operation); a minority catches a real error, which the trace then corrects. So fewer reflections save many
+tokens and cost little accuracy, while more reflections catch more errors.
+
+Two optional knobs (off in the bundled model's data) exist for a redesign: *correction drills* (`p_drill`: a
+right step shown with a wrong result, then re-checked and fixed; the wrong digits carry no training loss,
+`Trace.untrained`, so a model learns to fix such slips, and cannot get by copying the written result in a
+re-check, without learning to make more of them) and long *reviews* of every step so far (`p_review`), which
+make redundant reflection a larger share of tokens. No torch here: the generator also serves the bundled demo
+set.
 """
 
 from __future__ import annotations
@@ -26,10 +33,13 @@ class TraceStyle:
 
     min_ops: int = 3
     max_ops: int = 5
-    p_error: float = 0.03  # a step's result is off by one of ERROR_OFFSETS
+    p_error: float = 0.03  # a step's result is off by one of ERROR_OFFSETS (trained: the model slips too)
     p_catch: float = 0.85  # after a wrong step: reflect, find and fix the error
     p_recheck: float = 0.15  # after a right step: redundant re-check that confirms it
     p_again: float = 0.5  # after a redundant re-check: verify once more with the inverse operation
+    # Off in the bundled model's data (which the defaults above reproduce draw for draw):
+    p_drill: float = 0.0  # a right step shown wrong (its digits untrained), then re-checked and fixed
+    p_review: float = 0.0  # after a redundant re-check, from the second step on: go over every step so far
 
 
 @dataclass(frozen=True)
@@ -102,25 +112,46 @@ def inverse_check(a: int, op: str, b: int) -> str:
     return f"{result}{inverse}{b} = {a}, so {a}{op}{b}={result} is right"
 
 
-def trace(problem: Problem, rng: random.Random, style: TraceStyle = TraceStyle()) -> tuple[str, int]:
-    """A sampled solution (assistant text, without the end-of-sequence token) and the answer it gives."""
-    lines: list[str] = []
+@dataclass(frozen=True)
+class Trace:
+    """A sampled solution: assistant text (without the end-of-sequence token), the answer it gives, and the
+    character spans of `text` that carry no training loss (the wrong results of correction drills)."""
+
+    text: str
+    answer: int
+    untrained: tuple[tuple[int, int], ...] = ()
+
+
+def trace(problem: Problem, rng: random.Random, style: TraceStyle = TraceStyle()) -> Trace:
+    """Sample one solution of `problem` in the style's proportions."""
+    text = f"{THINK_OPEN}\n"
+    untrained: list[tuple[int, int]] = []
+    done: list[str] = []
     value = problem.start
     for op, b in problem.steps:
         right = _apply(value, op, b)
-        written = right
-        if rng.random() < style.p_error:
-            candidates = [right + d for d in ERROR_OFFSETS if right + d >= 0]
-            written = rng.choice(candidates)
-        lines.append(f"{value}{op}{b}={written}")
-        if written != right:
-            if rng.random() < style.p_catch:
-                lines.append(f"Wait, let me re-check: {decomposed(value, op, b)}. So it is {right}, not {written}.")
-                written = right
-        elif rng.random() < style.p_recheck:
-            lines.append(f"Wait, let me re-check: {decomposed(value, op, b)}. Yes, it is {right}.")
+        draw = rng.random()
+        slip = draw < style.p_error
+        drill = not slip and draw < style.p_error + style.p_drill
+        written = _wrong(right, rng) if slip or drill else right
+        step = f"{value}{op}{b}="
+        if drill:
+            untrained.append((len(text) + len(step), len(text) + len(step) + len(str(written))))
+        text += f"{step}{written}\n\n"
+        if written != right and (drill or rng.random() < style.p_catch):
+            text += f"Wait, let me re-check: {decomposed(value, op, b)}. So it is {right}, not {written}.\n\n"
+            written = right
+        elif written == right and rng.random() < style.p_recheck:
+            text += f"Wait, let me re-check: {decomposed(value, op, b)}. Yes, it is {right}.\n\n"
             if rng.random() < style.p_again:
-                lines.append(f"Wait, let me check again: {inverse_check(value, op, b)}.")
+                text += f"Wait, let me check again: {inverse_check(value, op, b)}.\n\n"
+            if style.p_review and done and rng.random() < style.p_review:
+                steps = ", ".join([*done, f"{value}{op}{b}={right}"])
+                text += f"Wait, let me go over all the steps again: {steps}. All of them are right.\n\n"
+        done.append(f"{value}{op}{b}={written}")
         value = written
-    body = "\n\n".join(lines)
-    return f"{THINK_OPEN}\n{body}\n\n{THINK_CLOSE}\nAnswer: {value}", value
+    return Trace(f"{text}{THINK_CLOSE}\nAnswer: {value}", value, tuple(untrained))
+
+
+def _wrong(right: int, rng: random.Random) -> int:
+    return rng.choice([right + d for d in ERROR_OFFSETS if right + d >= 0])

@@ -17,17 +17,54 @@ def test_traces_are_right_unless_an_error_slips_through() -> None:
     items = problems(0, 3000, "train", style)
     reflective = right = 0
     for problem in items:
-        text, answer = trace(problem, rng, style)
-        assert text.startswith("<think>\n") and f"</think>\nAnswer: {answer}" in text
-        steps = re.findall(r"^(\d+)([+-])(\d+)=(\d+)$", text, flags=re.M)
+        t = trace(problem, rng, style)
+        assert t.text.startswith("<think>\n") and f"</think>\nAnswer: {t.answer}" in t.text
+        steps = re.findall(r"^(\d+)([+-])(\d+)=(\d+)$", t.text, flags=re.M)
         assert len(steps) == len(problem.steps)
-        right += answer == problem.answer
-        reflective += count_markers(text) > 0
+        right += t.answer == problem.answer
+        reflective += count_markers(t.text) > 0
+        assert not t.untrained  # the bundled model's data has no drills
     # most reflection re-checks right steps; errors are rare and usually caught
     assert 0.3 < reflective / len(items) < 0.65
     assert 0.93 < right / len(items) < 1.0
     assert {p.split for p in problems(1, 50, "eval")} == {"eval"}
     assert not {p.text for p in problems(1, 200, "eval")} & {p.text for p in items}
+
+
+def test_redundant_reflection_is_long_and_drills_are_untrained() -> None:
+    rng = random.Random(1)
+    style = TraceStyle(p_error=0.0, p_drill=0.3, p_recheck=0.3)
+    drills = 0
+    for problem in problems(0, 300, "train", style):
+        t = trace(problem, rng, style)
+        assert t.answer == problem.answer  # drills are always fixed
+        for start, end in t.untrained:
+            drills += 1
+            wrong = t.text[start:end]
+            # the untrained span is exactly the wrong result of a step, and the next line corrects it
+            line_end = t.text.index("\n\n", start)
+            assert end == line_end and wrong.isdigit()
+            assert t.text[line_end:].startswith("\n\nWait, let me re-check: ")
+            assert f", not {wrong}." in t.text[line_end : t.text.index("\n\n", line_end + 2)]
+    assert drills > 100
+    long = trace(problems(0, 1, "train")[0], random.Random(0), TraceStyle(p_recheck=1, p_again=1, p_review=1))
+    assert long.text.count("Wait, let me check again") == len(problems(0, 1, "train")[0].steps)
+    assert "Wait, let me go over all the steps again" in long.text and not long.untrained
+
+
+def test_encoding_masks_exactly_the_untrained_digits() -> None:
+    from steering.models.demo_train import build_tokenizer, encode, user_prompt
+
+    rng = random.Random(2)
+    pairs = [(p.text, trace(p, rng, TraceStyle(p_drill=0.5))) for p in problems(0, 200, "train")]
+    tokenizer = build_tokenizer([user_prompt(p) + t.text for p, t in pairs], 320)
+    for (prompt, t), (ids, trained) in zip(pairs, encode(tokenizer, pairs, chunk=64), strict=True):
+        prompt_len = len(tokenizer.encode(user_prompt(prompt), add_special_tokens=False))
+        assert not any(trained[:prompt_len])
+        untrained = "".join(
+            tokenizer.decode([i]) for i, k in zip(ids[prompt_len:], trained[prompt_len:], strict=True) if not k
+        )
+        assert untrained == "".join(t.text[a:b] for a, b in t.untrained)
 
 
 def test_training_script_runs_a_few_steps(tmp_path: Path) -> None:
