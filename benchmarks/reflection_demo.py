@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,12 +24,9 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from benchmarks.server_process import bench_env, demo_server  # noqa: E402
 
 
 def check_targets(arms: list[dict[str, Any]]) -> dict[str, Any]:
@@ -87,9 +81,10 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Reflection steering on the toy demo model (measured)",
         "",
-        "A **toy**: a 4-layer, 3.2 M-parameter Llama trained in ~35 min on CPU on synthetic chain arithmetic with",
-        "reflection (`steering/models/demo_train.py`). It shows the workflow end to end; it says nothing about",
-        "real reasoning models. Every number below came from the real server (`steerserve serve`, vLLM CPU).",
+        "A **toy**: a 4-layer, 3.2 M-parameter Llama trained on CPU (`steering/models/demo_train.py`; 35-45 min",
+        "with native bf16) on synthetic chain arithmetic with reflection. It shows the workflow end to end; it says",
+        "nothing about real reasoning models. Every number below came from the real server (`steerserve serve`,",
+        "vLLM CPU, the toy in float32). Step-level reasons: [demo_behaviour.md](demo_behaviour.md).",
         "",
         f"Command: `{result['command']}`",
         "",
@@ -143,67 +138,44 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     steerserve = str(Path(sys.executable).parent / "steerserve")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
-    with tempfile.TemporaryDirectory() as data_dir:
-        server = subprocess.Popen(
-            [steerserve, "serve", "--port", str(port), "--data-dir", data_dir],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=open(Path(data_dir) / "server.log", "w"),  # noqa: SIM115 - closed with the process
-        )
-        try:
-            deadline = time.monotonic() + 600
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if server.poll() is not None:
-                    raise SystemExit((Path(data_dir) / "server.log").read_text()[-4000:])
-                time.sleep(1)
-            presets = [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]]
-            assert {"reflect-up", "reflect-down"} <= set(presets), presets
-            report_dir = args.out / "reflection_demo"
-            ab = [
-                steerserve,
-                "ab",
-                "run",
-                "--vector",
-                "reflection",
-                f"--strengths={args.strengths}",
-                f"--random-strengths={args.random_strengths}",
-                "--dataset",
-                "demo",
-                "--limit",
-                str(args.items),
-                "--samples",
-                str(args.samples),
-                "--temperature",
-                str(args.temperature),
-                "--max-tokens",
-                str(args.max_tokens),
-                "--concurrency",
-                str(args.concurrency),
-                "--base-url",
-                url,
-                "--out",
-                str(report_dir),
-                "--json",
-            ]
-            if args.term:
-                ab += ["--term", args.term]
-            started = time.monotonic()
-            done = subprocess.run(ab, env=env, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise SystemExit(done.stderr[-4000:])
-            summary = json.loads(done.stdout.strip().splitlines()[-1])
-            vector = httpx.get(f"{url}/v1/steering/vectors/reflection").json()
-        finally:
-            server.terminate()
-            server.wait(timeout=120)
+    with demo_server() as url:
+        presets = [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]]
+        assert {"reflect-up", "reflect-down"} <= set(presets), presets
+        report_dir = args.out / "reflection_demo"
+        ab = [
+            steerserve,
+            "ab",
+            "run",
+            "--vector",
+            "reflection",
+            f"--strengths={args.strengths}",
+            f"--random-strengths={args.random_strengths}",
+            "--dataset",
+            "demo",
+            "--limit",
+            str(args.items),
+            "--samples",
+            str(args.samples),
+            "--temperature",
+            str(args.temperature),
+            "--max-tokens",
+            str(args.max_tokens),
+            "--concurrency",
+            str(args.concurrency),
+            "--base-url",
+            url,
+            "--out",
+            str(report_dir),
+            "--json",
+        ]
+        if args.term:
+            ab += ["--term", args.term]
+        started = time.monotonic()
+        done = subprocess.run(ab, env=bench_env(), capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(done.stderr[-4000:])
+        summary = json.loads(done.stdout.strip().splitlines()[-1])
+        vector = httpx.get(f"{url}/v1/steering/vectors/reflection").json()
     arms = summary["arms"]
     result = {
         "command": "python benchmarks/reflection_demo.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),

@@ -21,7 +21,6 @@ import base64
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,15 +34,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.engine_overhead import bootstrap_median_ci  # noqa: E402
+from benchmarks.server_process import free_port  # noqa: E402
 from steering.models.tiny import TinyModelSpec, build_tiny_model  # noqa: E402
 
 ARMS = ("vllm", "steerserve", "steerserve_steered")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
