@@ -68,7 +68,7 @@ def test_serve_defaults_persist_vectors_and_exit_cleanly(tmp_path: Path) -> None
             answer = httpx.post(
                 f"{url}/v1/chat/completions",
                 timeout=60,
-                json={"model": preset, "messages": [{"role": "user", "content": "37+48-19"}], "max_tokens": 200},
+                json={"model": preset, "messages": [{"role": "user", "content": "37+48-19"}], "max_tokens": 384},
             )
             assert answer.status_code == 200, answer.text
             chats[preset] = answer.json()
