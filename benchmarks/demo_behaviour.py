@@ -57,7 +57,7 @@ class Tally:
         for i, line in enumerate(lines):
             step = STEP.match(line)
             if step is None:
-                c["recheck_lines" if line.startswith("Wait") else "other_lines"] += 1
+                c["other_lines"] += int(not line.startswith("Wait"))
                 continue
             a, op, b, written = int(step[1]), step[2], int(step[3]), int(step[4])
             c["carry_errors"] += int(a != value)  # the step did not start from the value so far

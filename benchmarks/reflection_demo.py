@@ -26,7 +26,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.server_process import bench_env, demo_server  # noqa: E402
+from benchmarks.server_process import STEERSERVE, bench_env, demo_server  # noqa: E402
 
 
 def check_targets(arms: list[dict[str, Any]]) -> dict[str, Any]:
@@ -137,13 +137,12 @@ def main() -> None:
     parser.add_argument("--term", default=None, help="JSON term fields for every steered arm (ab run --term)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
-    steerserve = str(Path(sys.executable).parent / "steerserve")
     with demo_server() as url:
         presets = [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]]
         assert {"reflect-up", "reflect-down"} <= set(presets), presets
         report_dir = args.out / "reflection_demo"
         ab = [
-            steerserve,
+            STEERSERVE,
             "ab",
             "run",
             "--vector",

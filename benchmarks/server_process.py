@@ -14,6 +14,8 @@ from pathlib import Path
 
 import httpx
 
+STEERSERVE = str(Path(sys.executable).parent / "steerserve")  # the CLI of the running environment
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -30,14 +32,13 @@ def bench_env() -> dict[str, str]:
 def demo_server(start_timeout_s: float = 600) -> Iterator[str]:
     """`steerserve serve` with no model argument (the demo model; its vector and presets are installed on the
     first start in a fresh data dir); yields the base URL once /health answers."""
-    steerserve = str(Path(sys.executable).parent / "steerserve")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as data_dir:
         log = Path(data_dir) / "server.log"
         with log.open("w") as stderr:
             server = subprocess.Popen(
-                [steerserve, "serve", "--port", str(port), "--data-dir", data_dir],
+                [STEERSERVE, "serve", "--port", str(port), "--data-dir", data_dir],
                 env=bench_env(),
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,

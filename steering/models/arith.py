@@ -146,9 +146,9 @@ def trace(problem: Problem, rng: random.Random, style: TraceStyle = TraceStyle()
             if rng.random() < style.p_again:
                 text += f"Wait, let me check again: {inverse_check(value, op, b)}.\n\n"
             if style.p_review and done and rng.random() < style.p_review:
-                steps = ", ".join([*done, f"{value}{op}{b}={right}"])
+                steps = ", ".join([*done, f"{step}{right}"])
                 text += f"Wait, let me go over all the steps again: {steps}. All of them are right.\n\n"
-        done.append(f"{value}{op}{b}={written}")
+        done.append(f"{step}{written}")
         value = written
     return Trace(f"{text}{THINK_CLOSE}\nAnswer: {value}", value, tuple(untrained))
 
