@@ -5,7 +5,7 @@ it parses every sampled trace of the demo's chain arithmetic into steps and re-c
 strength, how often a step is wrong, how often the model reflects after a right and after a wrong step, how
 often a re-check fixes a wrong step, and how often it "corrects" a right one into a wrong one.
 
-    python benchmarks/demo_behaviour.py --items 1000 --strengths=-1,0,0.2,0.5 \
+    python benchmarks/demo_behaviour.py --items 1000 --strengths=-1.5,-1,0,0.2,0.5 \
         --term '{"positions": {"tokens": ["\\n\\n"]}}' --out benchmarks/results
     python benchmarks/demo_behaviour.py --base-url http://127.0.0.1:8000 ...   # against a running server
 
@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.server_process import demo_server  # noqa: E402
 from steering.models.arith import THINK_CLOSE, THINK_OPEN, Problem, problems  # noqa: E402
 
-STEP = re.compile(r"^(\d+)([+-])(\d+)=(\d+)$")
-RECHECK = re.compile(r"^Wait, let me re-check: .*?= (\d+)\. (?:Yes, it is (\d+)|So it is (\d+), not (\d+))\.$")
+# A step line, with or without the pointer to what comes next (", next -19" / ", done") that the data writes.
+STEP = re.compile(r"^(-?\d+)([+-])(\d+)=(-?\d+)(?:, (?:next [+-]\d+|done))?$")
+RECHECK = re.compile(r"^Wait, let me re-check: .*?= (-?\d+)\. (?:Yes, it is (-?\d+)|So it is (-?\d+), not (-?\d+))\.$")
 AGAIN = re.compile(r"^Wait, let me check again: ")
 
 
@@ -43,9 +44,10 @@ class Tally:
 
     counts: Counter[str] = field(default_factory=Counter)
 
-    def add_trace(self, problem: Problem, text: str) -> None:
+    def add_trace(self, problem: Problem, text: str, completion_tokens: int = 0) -> None:
         c = self.counts
         c["responses"] += 1
+        c["completion_tokens"] += completion_tokens
         body, _, tail = text.partition(THINK_CLOSE)
         answer = re.search(r"Answer: (\d+)", tail)
         c["correct"] += int(answer is not None and int(answer.group(1)) == problem.answer)
@@ -54,11 +56,16 @@ class Tally:
         value = problem.start  # what the trace holds so far: the last step's result, or a re-check's verdict
         operations = [(m[2], int(m[3])) for m in map(STEP.match, lines) if m is not None]
         c["lost_place"] += int(operations != list(problem.steps))  # a step skipped, repeated or misread
+        steps_seen = 0
         for i, line in enumerate(lines):
             step = STEP.match(line)
             if step is None:
                 c["other_lines"] += int(not line.startswith("Wait"))
                 continue
+            steps_seen += 1
+            if steps_seen == len(problem.steps):  # the chain's last step: next comes the answer, or a re-check
+                c["last_steps"] += 1
+                c["reflect_after_last"] += int(i + 1 < len(lines) and lines[i + 1].startswith("Wait"))
             a, op, b, written = int(step[1]), step[2], int(step[3]), int(step[4])
             c["carry_errors"] += int(a != value)  # the step did not start from the value so far
             right = a + b if op == "+" else a - b
@@ -90,6 +97,7 @@ class Tally:
             "responses": c["responses"],
             "accuracy": _ratio(c["correct"], c["responses"]),
             "reflection_rate": _ratio(c["reflective"], c["responses"]),
+            "mean_tokens": _ratio(c["completion_tokens"], c["responses"]),
             "steps_per_response": _ratio(right + wrong, c["responses"]),
             "wrong_steps": wrong,
             "rechecks_of_wrong": c["reflect_after_wrong"],
@@ -100,6 +108,11 @@ class Tally:
             "lost_place_rate": _ratio(c["lost_place"], c["responses"]),
             "p_reflect_after_right": _ratio(c["reflect_after_right"], right),
             "p_reflect_after_wrong": _ratio(c["reflect_after_wrong"], wrong),
+            "p_reflect_after_last_step": _ratio(c["reflect_after_last"], c["last_steps"]),
+            "p_reflect_after_other_steps": _ratio(
+                c["reflect_after_right"] + c["reflect_after_wrong"] - c["reflect_after_last"],
+                right + wrong - c["last_steps"],
+            ),
             "p_fix_given_recheck_of_wrong": _ratio(c["fixed"], c["reflect_after_wrong"]),
             "p_break_given_recheck_of_right": _ratio(c["broken"], c["reflect_after_right"]),
             "p_again_after_right_recheck": _ratio(c["again_after_right"], c["reflect_after_right"]),
@@ -130,9 +143,10 @@ async def run_arm(
         async with gate:
             response = await client.post("/v1/chat/completions", json=body)
         response.raise_for_status()
-        message = response.json()["choices"][0]["message"]
+        payload = response.json()
+        message = payload["choices"][0]["message"]
         text = f"{THINK_OPEN}{message.get('reasoning_content') or ''}{THINK_CLOSE}{message['content']}"
-        tally.add_trace(problem, text)
+        tally.add_trace(problem, text, payload["usage"]["completion_tokens"])
 
     await asyncio.gather(*(one(i, p) for i, p in enumerate(items)))
     return tally
@@ -154,11 +168,14 @@ COLUMNS = (
     ("strength", "strength"),
     ("accuracy", "accuracy"),
     ("reflection_rate", "reflection rate"),
+    ("mean_tokens", "mean completion tokens"),
     ("step_error_rate", "step error rate"),
     ("carry_error_rate", "carry error rate"),
     ("lost_place_rate", "responses that skip, repeat or misread an operation"),
     ("p_reflect_after_right", "P(reflect \\| right step)"),
     ("p_reflect_after_wrong", "P(reflect \\| wrong step)"),
+    ("p_reflect_after_last_step", "P(reflect \\| the chain's last step)"),
+    ("p_reflect_after_other_steps", "P(reflect \\| any earlier step)"),
     ("p_fix_given_recheck_of_wrong", "P(fixed \\| re-check of a wrong step)"),
     ("p_break_given_recheck_of_right", "P(broken \\| re-check of a right step)"),
     ("wrong_steps", "wrong steps"),

@@ -8,12 +8,13 @@ reflection re-verifies a step that was already right, sometimes twice (a second 
 operation); a minority catches a real error, which the trace then corrects. So fewer reflections save many
 tokens and cost little accuracy, while more reflections catch more errors.
 
-Two optional knobs (off in the bundled model's data) exist for a redesign: *correction drills* (`p_drill`: a
+Three optional knobs (off in the bundled model's data) exist for a redesign: *correction drills* (`p_drill`: a
 right step shown with a wrong result, then re-checked and fixed; the wrong digits carry no training loss,
 `Trace.untrained`, so a model learns to fix such slips, and cannot get by copying the written result in a
-re-check, without learning to make more of them) and long *reviews* of every step so far (`p_review`), which
-make redundant reflection a larger share of tokens. No torch here: the generator also serves the bundled demo
-set.
+re-check, without learning to make more of them), long *reviews* of every step so far (`p_review`), which
+make redundant reflection a larger share of tokens, and *pointers* (each step line names the next operation,
+``37+48=85, next -19`` … ``, done``). A model trained with all three did not do better (see the demo README).
+No torch here: the generator also serves the bundled demo set.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class TraceStyle:
     # Off in the bundled model's data (which the defaults above reproduce draw for draw):
     p_drill: float = 0.0  # a right step shown wrong (its digits untrained), then re-checked and fixed
     p_review: float = 0.0  # after a redundant re-check, from the second step on: go over every step so far
+    pointers: bool = False  # each step line names the next operation (", next -19") or says ", done"
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ def trace(problem: Problem, rng: random.Random, style: TraceStyle = TraceStyle()
     untrained: list[tuple[int, int]] = []
     done: list[str] = []
     value = problem.start
-    for op, b in problem.steps:
+    for index, (op, b) in enumerate(problem.steps):
         right = _apply(value, op, b)
         draw = rng.random()
         slip = draw < style.p_error
@@ -137,7 +139,7 @@ def trace(problem: Problem, rng: random.Random, style: TraceStyle = TraceStyle()
         step = f"{value}{op}{b}="
         if drill:
             untrained.append((len(text) + len(step), len(text) + len(step) + len(str(written))))
-        text += f"{step}{written}\n\n"
+        text += f"{step}{written}{_pointer(problem, index) if style.pointers else ''}\n\n"
         if written != right and (drill or rng.random() < style.p_catch):
             text += f"Wait, let me re-check: {decomposed(value, op, b)}. So it is {right}, not {written}.\n\n"
             written = right
@@ -151,6 +153,14 @@ def trace(problem: Problem, rng: random.Random, style: TraceStyle = TraceStyle()
         done.append(f"{step}{written}")
         value = written
     return Trace(f"{text}{THINK_CLOSE}\nAnswer: {value}", value, tuple(untrained))
+
+
+def _pointer(problem: Problem, index: int) -> str:
+    """What a step line with a pointer says comes next: ``, next -19``, or ``, done`` after the last step."""
+    if index + 1 == len(problem.steps):
+        return ", done"
+    op, b = problem.steps[index + 1]
+    return f", next {op}{b}"
 
 
 def _wrong(right: int, rng: random.Random) -> int:

@@ -19,8 +19,8 @@ def test_traces_are_right_unless_an_error_slips_through() -> None:
     for problem in items:
         t = trace(problem, rng, style)
         assert t.text.startswith("<think>\n") and f"</think>\nAnswer: {t.answer}" in t.text
-        steps = re.findall(r"^(\d+)([+-])(\d+)=(\d+)$", t.text, flags=re.M)
-        assert len(steps) == len(problem.steps)
+        steps = re.findall(r"^(-?\d+)([+-])(\d+)=(-?\d+)$", t.text, flags=re.M)
+        assert [(op, int(b)) for _, op, b, _ in steps] == list(problem.steps)
         right += t.answer == problem.answer
         reflective += count_markers(t.text) > 0
         assert not t.untrained  # the bundled model's data has no drills
@@ -29,6 +29,17 @@ def test_traces_are_right_unless_an_error_slips_through() -> None:
     assert 0.93 < right / len(items) < 1.0
     assert {p.split for p in problems(1, 50, "eval")} == {"eval"}
     assert not {p.text for p in problems(1, 200, "eval")} & {p.text for p in items}
+
+
+def test_step_lines_can_point_to_the_next_operation() -> None:
+    rng = random.Random(3)
+    style = TraceStyle(p_drill=0.05, pointers=True)
+    for problem in problems(0, 300, "train", style):
+        text = trace(problem, rng, style).text
+        steps = re.findall(r"^(-?\d+)([+-])(\d+)=(-?\d+), (?:next ([+-])(\d+)|done)$", text, flags=re.M)
+        assert [(op, int(b)) for _, op, b, *_ in steps] == list(problem.steps)
+        # every step line names the operation after it, and the last one says it is done
+        assert [(op, int(b)) for *_, op, b in steps[:-1]] == list(problem.steps[1:]) and steps[-1][4] == ""
 
 
 def test_redundant_reflection_is_long_and_drills_are_untrained() -> None:
@@ -47,7 +58,11 @@ def test_redundant_reflection_is_long_and_drills_are_untrained() -> None:
             assert t.text[line_end:].startswith("\n\nWait, let me re-check: ")
             assert f", not {wrong}." in t.text[line_end : t.text.index("\n\n", line_end + 2)]
     assert drills > 100
-    long = trace(problems(0, 1, "train")[0], random.Random(0), TraceStyle(p_recheck=1, p_again=1, p_review=1))
+    long = trace(
+        problems(0, 1, "train")[0],
+        random.Random(0),
+        TraceStyle(p_error=0, p_drill=0, p_recheck=1, p_again=1, p_review=1),
+    )
     assert long.text.count("Wait, let me check again") == len(problems(0, 1, "train")[0].steps)
     assert "Wait, let me go over all the steps again" in long.text and not long.untrained
 
