@@ -62,10 +62,6 @@ class Tally:
             if step is None:
                 c["other_lines"] += int(not line.startswith("Wait"))
                 continue
-            steps_seen += 1
-            if steps_seen == len(problem.steps):  # the chain's last step: next comes the answer, or a re-check
-                c["last_steps"] += 1
-                c["reflect_after_last"] += int(i + 1 < len(lines) and lines[i + 1].startswith("Wait"))
             a, op, b, written = int(step[1]), step[2], int(step[3]), int(step[4])
             c["carry_errors"] += int(a != value)  # the step did not start from the value so far
             right = a + b if op == "+" else a - b
@@ -73,8 +69,13 @@ class Tally:
             c[f"steps_{kind}"] += 1
             value = written
             nxt = lines[i + 1] if i + 1 < len(lines) else ""
+            reflects = nxt.startswith("Wait")
+            steps_seen += 1
+            if steps_seen == len(problem.steps):  # the chain's last step: next comes the answer, or a re-check
+                c["last_steps"] += 1
+                c["reflect_after_last"] += int(reflects)
             check = RECHECK.match(nxt)
-            if not nxt.startswith("Wait"):
+            if not reflects:
                 continue
             c[f"reflect_after_{kind}"] += 1
             if check is None:
