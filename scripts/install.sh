@@ -40,6 +40,12 @@ if [ "$target" = cpu ]; then
   "${pip[@]}" uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 fi
 
+# Triton for the fused GPU kernel's CPU test (TRITON_INTERPRET=1), kept outside the venv's site-packages:
+# vLLM switches to its GPU-only Model Runner V2 whenever it can import Triton.
+if [ "$dev" = 1 ] && [ ! -f .venv/triton-interp/triton/__init__.py ]; then
+  "${pip[@]}" install -q --no-deps --target .venv/triton-interp "triton==3.6.0"
+fi
+
 if [ "$dev" = 1 ] && ! command -v redis-server >/dev/null 2>&1; then
   sudo_cmd=()
   [ "$(id -u)" = 0 ] || sudo_cmd=(sudo)

@@ -81,7 +81,9 @@ def engine_settings(settings: ServerSettings, model: str, served: str) -> object
         model=model,
         served_model_name=served,
         steering=EngineSteeringConfig(
-            max_configs=settings.max_steering_configs, limits=SteeringLimits(max_strength=settings.max_strength)
+            max_configs=settings.max_steering_configs,
+            limits=SteeringLimits(max_strength=settings.max_strength, max_terms_per_site=settings.max_terms_per_site),
+            sites=tuple(settings.steering_sites),
         ),
         dtype=settings.dtype,
         max_model_len=settings.max_model_len,

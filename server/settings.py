@@ -8,6 +8,9 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+SiteName = Literal["residual", "mlp", "attn"]
+ALL_SITES: tuple[SiteName, ...] = ("residual", "mlp", "attn")
+
 DEMO_NAME = "steerserve-demo"  # served name of the bundled toy model
 
 
@@ -38,6 +41,15 @@ class ServerSettings(BaseSettings):
     admin_key: str | None = Field(default=None, description="Bearer key for steering writes; grants API access too.")
     max_steering_configs: int = Field(default=32, description="Distinct steering configs in flight at once.")
     max_strength: float = Field(default=1000.0, description="Largest |strength| a term may ask for.")
+    steering_sites: list[SiteName] = Field(
+        default_factory=lambda: list(ALL_SITES),
+        min_length=1,
+        description="Sites with the steering op compiled in; requests for others get 400. Every enabled site "
+        "costs on every step, steered or not (GPU figures: benchmarks/results/steering_op_gpu.md).",
+    )
+    max_terms_per_site: int = Field(
+        default=4, ge=1, le=16, description="Terms that may share one (layer, site): the op's channel count K."
+    )
     max_queued_requests: int = Field(default=256, description="Requests in flight before new ones get 503.")
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins (default: CORS off).")
     max_vector_bytes: int = Field(default=64 * 1024 * 1024, description="Largest vector upload body in bytes.")

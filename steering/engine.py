@@ -150,7 +150,8 @@ class SteeringEngine:
         """Validate terms against the registry and this model (raises `SteeringError` with the field named)."""
         if self.limits is None:
             raise UnsupportedModelError("this engine was started without steering")
-        return resolve_spec(terms, lookup, self.shape, self.limits, self.encode_single_token)
+        sites = self.settings.steering.sites if self.settings.steering is not None else ()
+        return resolve_spec(terms, lookup, self.shape, self.limits, self.encode_single_token, sites)
 
     async def load_vectors(self, vectors: Iterable[SteeringVector]) -> None:
         """Load directions into every worker once per content hash (idempotent)."""

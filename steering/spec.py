@@ -184,15 +184,17 @@ def resolve_spec(
     model: ModelShape,
     limits: SteeringLimits = SteeringLimits(),
     encode: TokenEncoder | None = None,
+    sites: Sequence[str] = SITES,
 ) -> ResolvedSpec:
-    """Validate `terms` against the registry (`lookup`), the model and `limits`; raise a `SteeringError`."""
+    """Validate `terms` against the registry (`lookup`), the model, `limits` and the sites the engine has an op
+    at; raise a `SteeringError`."""
     if len(terms) > limits.max_terms:
         raise InvalidSteeringError(
             f"at most {limits.max_terms} steering terms are allowed, got {len(terms)}", param="steering"
         )
     resolved: list[ResolvedTerm] = []
     for index, term in enumerate(terms):
-        item = _resolve_term(term, f"steering[{index}]", lookup, model, limits, encode)
+        item = _resolve_term(term, f"steering[{index}]", lookup, model, limits, encode, sites)
         if item is not None:
             resolved.append(item)
     per_site = Counter((layer, t.site) for t in resolved for layer in t.layers)
@@ -213,6 +215,7 @@ def _resolve_term(
     model: ModelShape,
     limits: SteeringLimits,
     encode: TokenEncoder | None,
+    sites: Sequence[str],
 ) -> ResolvedTerm | None:
     vector_id, version = parse_vector_ref(term.vector)
     try:
@@ -236,6 +239,11 @@ def _resolve_term(
     site = term.site or defaults.site
     if op not in OPS or site not in SITES:
         raise InvalidSteeringError(f"vector {vector_id!r} stores an unknown op or site default", param=where)
+    if site not in sites:
+        raise InvalidSteeringError(
+            f"site {site!r} is not enabled on this server (enabled: {', '.join(sites)}; see --steering-sites)",
+            param=f"{where}.site",
+        )
     layers = _resolve_layers(term.layers, vector, model, f"{where}.layers")
     positions, tokens = _resolve_positions(term.positions or defaults.positions, model, limits, encode, where)
     if strength == 0.0 and op in ("add", "project"):

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from steering import ops_triton
 from steering.config import SUPPORTED_ARCHITECTURES
 from steering.errors import UnsupportedModelError
 from steering.ops import steering_delta
@@ -66,6 +67,9 @@ def install(layers: list[tuple[int, nn.Module]], state: SteeringState) -> None:
 
 
 def _attach_tables(module: nn.Module, state: SteeringState, layer: int, sites: tuple[str, ...]) -> None:
+    # The fused Triton kernel on CUDA (one launch per (layer, site)); the torch op elsewhere. Fixed at start-up.
+    fused = state.device.type == "cuda" and state.hidden_size <= ops_triton.MAX_HIDDEN and ops_triton.available()
+    setattr(module, "_steer_fused", fused)
     module.register_buffer("steer_token_slot", state.token_slot, persistent=False)
     module.register_buffer("steer_token_gate", state.token_gate, persistent=False)
     installed: list[str] = []
@@ -82,8 +86,8 @@ def _attach_tables(module: nn.Module, state: SteeringState, layer: int, sites: t
     setattr(module, "_steer_state", state)
 
 
-def _steered(module: nn.Module, site: str, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """`target` plus the change the steering of `site` makes, computed from the site value `x`."""
+def _steered(module: nn.Module, site: str, target: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+    """`target` plus the change the steering of `site` makes, computed from the site value `target + extra`."""
     channels = None
     if not torch.compiler.is_compiling():
         # Eager execution with no CUDA graph to freeze it: skip (layer, site)s no request of this step uses.
@@ -92,24 +96,26 @@ def _steered(module: nn.Module, site: str, x: torch.Tensor, target: torch.Tensor
             channels = runtime.site_channels.get((getattr(module, "_steer_layer"), site), 0)
             if channels == 0:
                 return target
-    return target + steering_delta(
-        x,
+    tables = (
         getattr(module, "steer_token_slot"),
         getattr(module, "steer_token_gate"),
         getattr(module, f"steer_{site}_directions"),
         getattr(module, f"steer_{site}_coefficients"),
         getattr(module, f"steer_{site}_term_index"),
-        channels,
     )
+    if getattr(module, "_steer_fused"):
+        return ops_triton.steered_sum(target, extra, *tables)
+    x = target if extra is None else target + extra
+    return target + steering_delta(x, *tables, channels)
 
 
 def _layer_forward(self: nn.Module, base: type, *args: Any, **kwargs: Any) -> Any:
     hidden, residual = getattr(base, "forward")(self, *args, **kwargs)
     sites: tuple[str, ...] = getattr(self, "_steer_sites")
     if "mlp" in sites:
-        hidden = _steered(self, "mlp", hidden, hidden)
+        hidden = _steered(self, "mlp", hidden)
     if "residual" in sites:
-        hidden = _steered(self, "residual", hidden + residual, hidden)
+        hidden = _steered(self, "residual", hidden, residual)
     if getattr(self, "_steer_capture"):
         _capture(self, hidden, residual)
     return hidden, residual
@@ -130,7 +136,7 @@ def _capture(layer: nn.Module, hidden: torch.Tensor, residual: torch.Tensor) -> 
 def _attn_forward(self: nn.Module, base: type, *args: Any, **kwargs: Any) -> Any:
     out = getattr(base, "forward")(self, *args, **kwargs)
     if "attn" in getattr(self, "_steer_sites"):
-        out = _steered(self, "attn", out, out)
+        out = _steered(self, "attn", out)
     return out
 
 

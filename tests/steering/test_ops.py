@@ -82,3 +82,20 @@ def test_bf16_keeps_small_deltas() -> None:
         torch.zeros(2, 1, dtype=torch.int64),
     )
     assert abs(float(delta[0, 0]) - 0.01) < 1e-4
+
+
+def test_eager_channel_skip_equals_all_channels_when_the_rest_are_empty() -> None:
+    """`num_channels` (eager mode) drops only channels whose rows are zero: same result as all K."""
+    torch.manual_seed(2)
+    hidden, k = 32, 4
+    directions = torch.zeros(3, k, hidden)
+    directions[1:, :2] = torch.nn.functional.normalize(torch.randn(2, 2, hidden), dim=-1)
+    coefficients = torch.zeros(3, k, 2)
+    coefficients[1:, :2] = torch.randn(2, 2, 2)
+    term_index = torch.zeros(3, k, dtype=torch.int64)
+    x = torch.randn(9, hidden)
+    slot = torch.randint(0, 3, (9,))
+    gate = torch.ones(9, 1)
+    args = (x, slot, gate, directions, coefficients, term_index)
+    assert torch.allclose(steering_delta(*args, num_channels=2), steering_delta(*args), atol=1e-6)
+    assert torch.equal(steering_delta(*args, num_channels=0), torch.zeros_like(x))

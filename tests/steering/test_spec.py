@@ -160,3 +160,12 @@ def test_vectors_reject_bad_data() -> None:
         SteeringVector("x", {0: np.ones(4, dtype=np.float32), 1: np.ones(5, dtype=np.float32)})
     with pytest.raises(InvalidSteeringError):
         SteeringVector("x", {})
+
+
+def test_a_site_the_engine_has_no_op_at_is_refused_naming_the_field() -> None:
+    terms = [SteeringTerm(vector="r"), SteeringTerm(vector="r", site="attn")]
+    spec = resolve_spec(terms[:1], lookup_of(vec()), SHAPE, SteeringLimits(), None, ("residual", "mlp"))
+    assert spec.terms[0].site == "residual"
+    with pytest.raises(InvalidSteeringError) as err:
+        resolve_spec(terms, lookup_of(vec()), SHAPE, SteeringLimits(), None, ("residual", "mlp"))
+    assert err.value.param == "steering[1].site" and "--steering-sites" in str(err.value)
