@@ -5,11 +5,15 @@ from __future__ import annotations
 import typer
 
 from clients.cli_ab import ab
+from clients.cli_chat import chat
+from clients.cli_presets import presets
 from clients.cli_vectors import vectors
 
 app = typer.Typer(help="steerserve: per-request activation steering on vLLM.", no_args_is_help=True)
 app.add_typer(vectors, name="vectors")
+app.add_typer(presets, name="presets")
 app.add_typer(ab, name="ab")
+app.command("chat")(chat)
 
 
 @app.command(

@@ -5,7 +5,8 @@
 #                 (https://download.pytorch.org/whl/cpu); the CUDA builds of torchvision/torchaudio/torchcodec
 #                 it drags in break `import transformers` beside the CPU torch and are removed.
 # cuda:           official vllm (GPU machines).
-# --dev:          test tools, and Debian's redis-server when it is missing (the tests start their own).
+# --dev:          test tools; Debian's redis-server and chromium when missing (tests start their own Redis and
+#                 drive chromium headless for the playground); Triton for the kernel's interpreter test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,16 +41,31 @@ if [ "$target" = cpu ]; then
   "${pip[@]}" uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 fi
 
+# promtool (from Debian's prometheus package, unpacked: no service is installed) checks deploy/prometheus.
+if [ "$dev" = 1 ] && ! command -v promtool >/dev/null 2>&1 && [ ! -x .venv/tools/promtool ]; then
+  work=$(mktemp -d)
+  (cd "$work" && apt-get download prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get download prometheus >/dev/null; })
+  dpkg -x "$work"/prometheus_*.deb "$work/unpacked"
+  mkdir -p .venv/tools && cp "$work/unpacked/usr/bin/promtool" .venv/tools/promtool
+  rm -rf "$work"
+fi
+
 # Triton for the fused GPU kernel's CPU test (TRITON_INTERPRET=1), kept outside the venv's site-packages:
 # vLLM switches to its GPU-only Model Runner V2 whenever it can import Triton.
 if [ "$dev" = 1 ] && [ ! -f .venv/triton-interp/triton/__init__.py ]; then
   "${pip[@]}" install -q --no-deps --target .venv/triton-interp "triton==3.6.0"
 fi
 
-if [ "$dev" = 1 ] && ! command -v redis-server >/dev/null 2>&1; then
-  sudo_cmd=()
-  [ "$(id -u)" = 0 ] || sudo_cmd=(sudo)
-  "${sudo_cmd[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq redis-server >/dev/null
+# Debian packages the tests use: redis-server (the tests start their own) and chromium (the playground test).
+if [ "$dev" = 1 ]; then
+  missing=()
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    sudo_cmd=()
+    [ "$(id -u)" = 0 ] || sudo_cmd=(sudo)
+    "${sudo_cmd[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
 fi
 .venv/bin/python -c "import vllm, torch, transformers, steering; print('steerserve installed: vllm', vllm.__version__, '| torch', torch.__version__)"

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import save
 
 from server.errors import BadRequestError, NotFoundError
-from server.protocol import PresetBody, VectorUpload
+from server.protocol import PresetBody, VectorDefaultsBody, VectorImport, VectorUpload
 from server.steering_sources import SteeringSources
+from steering import vector_formats
 from steering.errors import InvalidSteeringError
 from steering.spec import ModelShape
 from steering.store.base import Preset, VectorRecord, check_name
@@ -55,8 +54,7 @@ def decode_upload(body: VectorUpload, shape: ModelShape) -> dict[int, Float32Arr
     return layers
 
 
-def defaults_of(body: VectorUpload, shape: ModelShape, layers: dict[int, Float32Array]) -> VectorDefaults:
-    d = body.defaults
+def defaults_of(d: VectorDefaultsBody | None, shape: ModelShape, layers: dict[int, Float32Array]) -> VectorDefaults:
     if d is None:
         return VectorDefaults()
     if not np.isfinite(d.strength):
@@ -74,18 +72,6 @@ def defaults_of(body: VectorUpload, shape: ModelShape, layers: dict[int, Float32
     return VectorDefaults(strength=d.strength, op=d.op, site=d.site, positions=d.positions, layers=default_layers)
 
 
-def safetensors_bytes(record: VectorRecord, layers: dict[int, Float32Array]) -> bytes:
-    tensors = {f"layer.{k}": np.ascontiguousarray(v, dtype=np.float32) for k, v in sorted(layers.items())}
-    meta = {
-        "id": record.id,
-        "version": str(record.version),
-        "sha256": record.sha256,
-        "hidden_size": str(record.hidden_size),
-    }
-    buffer = io.BytesIO(save(tensors, metadata=meta))
-    return buffer.getvalue()
-
-
 class Admin:
     def __init__(self, registry: CachedRegistry, sources: SteeringSources, shape: ModelShape) -> None:
         self.registry = registry
@@ -98,11 +84,34 @@ class Admin:
 
     async def add_vector(self, body: VectorUpload) -> VectorRecord:
         layers = decode_upload(body, self.shape)
-        defaults = defaults_of(body, self.shape, layers)
-        record = await self.store.add_vector(
-            body.id, layers, defaults, body.description, body.provenance, self.fingerprint()
-        )
-        self.registry.invalidate("vector", body.id)
+        defaults = defaults_of(body.defaults, self.shape, layers)
+        return await self._store(body.id, layers, defaults, body.description, body.provenance)
+
+    async def import_vector(self, upload: VectorImport, data: bytes) -> VectorRecord:
+        """A vector file (safetensors, GGUF control vector or .npy; format detected unless given)."""
+        check_name("vector", upload.id)
+        decoded = vector_formats.decode(data, self.shape.num_layers, upload.format, upload.layer)
+        for layer, direction in decoded.layers.items():
+            if direction.shape[0] != self.shape.hidden_size:
+                raise BadRequestError(
+                    f"layer {layer} has {direction.shape[0]} values; the model's hidden size is "
+                    f"{self.shape.hidden_size}",
+                    param="file",
+                )
+        defaults = defaults_of(upload.defaults, self.shape, decoded.layers)
+        provenance = {"imported": {"format": decoded.format, **decoded.metadata}}
+        return await self._store(upload.id, decoded.layers, defaults, upload.description, provenance)
+
+    async def _store(
+        self,
+        vector_id: str,
+        layers: dict[int, Float32Array],
+        defaults: VectorDefaults,
+        description: str,
+        provenance: dict[str, Any],
+    ) -> VectorRecord:
+        record = await self.store.add_vector(vector_id, layers, defaults, description, provenance, self.fingerprint())
+        self.registry.invalidate("vector", vector_id)
         return record
 
     async def vector_info(self, vector_id: str) -> dict[str, Any]:
@@ -111,12 +120,26 @@ class Admin:
             raise NotFoundError(f"vector {vector_id!r} does not exist", param="id")
         return {**versions[-1].to_json(), "versions": [v.to_json() for v in versions]}
 
-    async def vector_data(self, vector_id: str, version: int | None) -> tuple[VectorRecord, bytes]:
+    async def vector_data(self, vector_id: str, version: int | None, fmt: str) -> tuple[VectorRecord, bytes]:
+        """The vector as a file in `fmt` (safetensors, gguf or npy)."""
         try:
             record, vector = await self.store.get_vector(vector_id, version)
         except KeyError:
             raise NotFoundError(f"vector {vector_id!r} does not exist", param="id") from None
-        return record, safetensors_bytes(record, dict(vector.layers))
+        metadata = {
+            "id": record.id,
+            "version": str(record.version),
+            "sha256": record.sha256,
+            "hidden_size": str(record.hidden_size),
+        }
+        data = vector_formats.encode(
+            dict(vector.layers),
+            fmt,
+            num_layers=self.shape.num_layers,
+            metadata=metadata,
+            model_hint=vector_formats.model_hint(self.shape.architecture),
+        )
+        return record, data
 
     async def delete_vector(self, vector_id: str) -> None:
         if not await self.store.delete_vector(vector_id):

@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server import routes
 from server.admin import Admin
 from server.auth import KeyPolicy
-from server.errors import PayloadTooLargeError, error_response, install_error_handlers
+from server.errors import PayloadTooLargeError, error_response, install_error_handlers, openapi_with_our_errors
 from server.experiments import Experiments
 from server.metrics import ServerMetrics
 from server.reasoning import ReasoningMarkers
@@ -130,4 +130,5 @@ def create_app(settings: ServerSettings, engine: Any, store: VectorStore, served
     app.include_router(routes.v1)
     app.include_router(routes.admin)
     app.include_router(workflow)
+    app.openapi = openapi_with_our_errors(app)  # type: ignore[method-assign]
     return app

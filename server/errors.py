@@ -7,6 +7,7 @@ JSON are 400 (as OpenAI and vLLM answer), never FastAPI's 422.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -145,3 +146,29 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http)  # type: ignore[arg-type]
     for kind in (ApiError, SteeringError, StoreUnavailableError, ConflictError, Exception):
         app.add_exception_handler(kind, on_error)
+
+
+def openapi_with_our_errors(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """The app's OpenAPI schema with FastAPI's 422 "Validation Error" replaced by what this server really sends:
+    a 400 in OpenAI's error shape."""
+    from fastapi.openapi.utils import get_openapi
+
+    def build() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            bad_request = {
+                "description": "Bad request (also malformed JSON and validation errors)",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+            }
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    responses = operation.get("responses", {})
+                    if responses.pop("422", None) is not None:
+                        responses.setdefault("400", bad_request)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.pop("HTTPValidationError", None)
+            components.pop("ValidationError", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return build

@@ -111,15 +111,50 @@ async def serve(settings: ServerSettings) -> None:
         await install_demo_assets(store, Path(model), engine.shape.fingerprint())
     app = create_app(settings.model_copy(update={"model": model}), engine, store, served)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=30
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.drain_timeout) + 1,
     )
-    # uvicorn drains on SIGTERM, then re-raises it into the handler that was installed before it started; a no-op
-    # there lets the engine shut down and the process exit 0 (what process supervisors expect).
+    # uvicorn re-raises SIGTERM into the handler that was installed before it started; a no-op there lets the
+    # engine shut down and the process exit 0 (what process supervisors expect).
     signal.signal(signal.SIGTERM, lambda *_: None)
     try:
-        await uvicorn.Server(config).serve()
+        await DrainingServer(config, app.state.steerserve.serving, settings.drain_timeout).serve()
     finally:
         engine.shutdown()
+
+
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM/SIGINT: keep listening but answer new generation requests with 503 (and /health with 503)
+    until the requests in flight finish or `drain_timeout` passes; then uvicorn's own graceful shutdown.
+    A second signal stops at once."""
+
+    def __init__(self, config: uvicorn.Config, serving: Any, drain_timeout: float) -> None:
+        super().__init__(config)
+        self.serving = serving
+        self.drain_timeout = drain_timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: Any = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self.serving.draining or self._loop is None:
+            super().handle_exit(sig, frame)
+            return
+        self.serving.draining = True
+        logger.info("draining: %d request(s) in flight, at most %.0f s", self.serving.in_flight, self.drain_timeout)
+        self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain(sig, frame)))
+
+    async def _drain(self, sig: int, frame: Any) -> None:
+        deadline = asyncio.get_running_loop().time() + self.drain_timeout
+        while self.serving.in_flight and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        logger.info("drained (%d left); shutting down", self.serving.in_flight)
+        super().handle_exit(sig, frame)
 
 
 def run(settings: ServerSettings) -> None:

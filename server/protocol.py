@@ -173,6 +173,17 @@ class VectorUpload(BaseModel):
     provenance: dict[str, Any] = Field(default_factory=dict)
 
 
+class VectorImport(BaseModel):
+    """The form fields of `POST /v1/steering/vectors/import` besides the file."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    format: Literal["safetensors", "gguf", "npy"] | None = Field(default=None, description="default: detected")
+    layer: int | None = Field(default=None, description="the layer of a 1-D .npy array")
+    description: str = Field(default="", max_length=4096)
+    defaults: VectorDefaultsBody | None = None
+
+
 class VectorCreated(BaseModel):
     id: str
     version: int

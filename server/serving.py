@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from server.errors import BadRequestError, OverloadedError, error_response
+from server.errors import BadRequestError, OverloadedError, ServiceUnavailableError, error_response
 from server.experiments import Experiments
 from server.metrics import ServerMetrics
 from server.protocol import CompletionRequest, SamplingFields
@@ -73,6 +73,7 @@ class OpenAIServing:
         self.served_model = served_model
         self.max_in_flight = max_in_flight
         self.in_flight = 0
+        self.draining = False  # set on SIGTERM: new generation requests get 503 while in-flight ones finish
         self.markers = markers
         self.experiments = experiments
         self.opened = False  # the chat template itself opens the thinking section (R1 style)
@@ -215,6 +216,8 @@ class OpenAIServing:
         return int(room)
 
     def _admit(self) -> None:
+        if self.draining:
+            raise ServiceUnavailableError("server is shutting down; retry", headers={"Retry-After": "1"})
         if self.in_flight >= self.max_in_flight:
             raise OverloadedError("server overloaded, retry later", headers={"Retry-After": "1"})
 

@@ -51,6 +51,9 @@ class ServerSettings(BaseSettings):
         default=4, ge=1, le=16, description="Terms that may share one (layer, site): the op's channel count K."
     )
     max_queued_requests: int = Field(default=256, description="Requests in flight before new ones get 503.")
+    drain_timeout: float = Field(
+        default=30.0, ge=0, description="On SIGTERM: seconds to let requests in flight finish (new ones get 503)."
+    )
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins (default: CORS off).")
     max_vector_bytes: int = Field(default=64 * 1024 * 1024, description="Largest vector upload body in bytes.")
     reasoning: Literal["auto", "on", "off"] = Field(

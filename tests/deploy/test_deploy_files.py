@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
@@ -66,6 +68,21 @@ def test_prometheus_scrapes_the_servers_metrics_endpoint() -> None:
     provider = load_yaml(DEPLOY / "grafana" / "provisioning" / "dashboards" / "steerserve.yml")["providers"][0]
     mounts = compose()["services"]["grafana"]["volumes"]
     assert f"./deploy/grafana/steerserve.json:{provider['options']['path']}/steerserve.json:ro" in mounts
+
+
+def test_promtool_accepts_the_prometheus_config() -> None:
+    """`promtool check config` (Debian's prometheus package; scripts/install.sh --dev unpacks promtool)."""
+    promtool = shutil.which("promtool") or str(ROOT / ".venv" / "tools" / "promtool")
+    if not Path(promtool).exists():
+        pytest.fail("promtool is missing: scripts/install.sh --dev installs it")
+    done = subprocess.run(
+        [promtool, "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0 and "SUCCESS" in done.stdout + done.stderr, done.stdout + done.stderr
 
 
 def exported_series() -> set[str]:

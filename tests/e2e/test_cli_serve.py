@@ -4,11 +4,14 @@ its reflection vector and presets, the embedded store)."""
 from __future__ import annotations
 
 import base64
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +22,7 @@ import pytest
 from tests.redis_server import free_port
 
 pytestmark = pytest.mark.engine
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def start(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -48,6 +52,30 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: floa
 def stop(proc: subprocess.Popen[bytes]) -> int:
     proc.send_signal(signal.SIGTERM)
     return proc.wait(timeout=120)
+
+
+def readme_examples() -> list[tuple[str, str]]:
+    """The README's fenced blocks marked `bash run` / `python run`, in order."""
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"^```(bash|python) run\n(.*?)^```", text, re.S | re.M)
+
+
+def run_readme_examples(port: int, workdir: Path) -> None:
+    """Run every README example against this server, in a fresh folder, with the venv's tools on PATH."""
+    workdir.mkdir()
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "STEERSERVE_URL": f"http://127.0.0.1:{port}",  # the CLI's --base-url
+    }
+    blocks = readme_examples()
+    assert len(blocks) >= 4 and {lang for lang, _ in blocks} == {"bash", "python"}
+    for lang, code in blocks:
+        code = code.replace("localhost:8000", f"127.0.0.1:{port}").replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+        cmd = ["bash", "-euo", "pipefail", "-c", code] if lang == "bash" else [sys.executable, "-c", code]
+        done = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=300, check=False)
+        shown = f"README example failed:\n{code}\n--- stdout\n{done.stdout[-2000:]}\n--- stderr\n{done.stderr[-2000:]}"
+        assert done.returncode == 0 and '"error"' not in done.stdout, shown
 
 
 def test_serve_defaults_persist_vectors_and_exit_cleanly(tmp_path: Path) -> None:
@@ -86,6 +114,7 @@ def test_serve_defaults_persist_vectors_and_exit_cleanly(tmp_path: Path) -> None
             json={"model": "steerserve-demo", "prompt": "Q: 1+2", "max_tokens": 4, "steering": [{"vector": "kept"}]},
         )
         assert out.status_code == 200 and out.json()["steering"]["terms"][0]["vector"] == "kept"
+        run_readme_examples(port, tmp_path / "docs")
     finally:
         code = stop(proc)
     assert code == 0, log.read_text()[-3000:]
@@ -94,5 +123,43 @@ def test_serve_defaults_persist_vectors_and_exit_cleanly(tmp_path: Path) -> None
         wait_ready(url, proc, log)
         info = httpx.get(f"{url}/v1/steering/vectors/kept")
         assert info.status_code == 200 and info.json()["version"] == 1
+        assert_sigterm_drains(url, proc, log)
     finally:
-        assert stop(proc) == 0
+        if proc.poll() is None:
+            stop(proc)
+
+
+def assert_sigterm_drains(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """SIGTERM mid-stream: the stream finishes, new requests and /health get 503, then the process exits 0."""
+    body = {
+        "model": "steerserve-demo",
+        "prompt": "Q: 5+5",
+        "max_tokens": 400,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    started, chunks = threading.Event(), []
+
+    def stream() -> None:
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    chunks.append(line)
+                    started.set()
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    assert started.wait(60)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    quick = {**body, "stream": False, "max_tokens": 2}
+    quick.pop("stream_options")
+    refused = httpx.post(f"{url}/v1/completions", json=quick, timeout=30)
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "service_unavailable", refused.text
+    assert refused.headers["retry-after"] == "1"
+    assert httpx.get(f"{url}/health", timeout=10).status_code == 503
+    reader.join(120)
+    usage = [json.loads(c[6:])["usage"] for c in chunks if json.loads(c[6:]).get("usage")]
+    assert usage and usage[-1]["completion_tokens"] == 400, f"the stream was cut during the drain: {usage}"
+    assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]

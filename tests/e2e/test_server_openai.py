@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,33 +12,9 @@ import httpx
 import pytest
 from safetensors.numpy import load_file
 
-from server.app import create_app
-from server.settings import ServerSettings
-from steering.store.redis_store import RedisStore
-from tests.redis_server import free_port
+from tests.e2e.conftest import ADMIN, SERVED
 
 pytestmark = pytest.mark.engine
-SERVED = "tiny-llama"
-ADMIN = {"Authorization": "Bearer admin-secret"}
-
-
-@pytest.fixture(scope="module")
-async def server(llama_engine: Any, redis_url: str, tiny_llama: Path) -> AsyncIterator[str]:
-    import uvicorn
-
-    port = free_port()
-    settings = ServerSettings(
-        model=str(tiny_llama), port=port, redis_url=redis_url, api_key="user-secret", admin_key="admin-secret"
-    )
-    store = RedisStore(redis_url, f"test-{uuid.uuid4().hex[:8]}")
-    app = create_app(settings, llama_engine, store, SERVED)
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(uv.serve())
-    while not uv.started:
-        await asyncio.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    uv.should_exit = True
-    await task
 
 
 def force_vector(tiny_llama: Path, token: int, layers: int) -> dict[str, str]:

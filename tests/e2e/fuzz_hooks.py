@@ -1,0 +1,42 @@
+"""Schemathesis hooks for tests/e2e/test_fuzz.py (loaded through SCHEMATHESIS_HOOKS in the fuzzer's process):
+generation lengths are capped so the run stays bounded, every call is counted, and every error answer must be
+in OpenAI's shape."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import schemathesis
+
+MAX_TOKENS = 8
+
+
+@schemathesis.hook
+def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
+    body = case.body
+    if isinstance(body, dict) and ("prompt" in body or "messages" in body):
+        for key in ("max_tokens", "max_completion_tokens"):
+            value = body.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > MAX_TOKENS:
+                body[key] = MAX_TOKENS  # valid but long: shortened; invalid values stay to be refused
+        if "max_tokens" not in body and "max_completion_tokens" not in body:
+            body["max_tokens"] = MAX_TOKENS
+        if isinstance(body.get("n"), int) and body["n"] > 2:
+            body["n"] = 2
+    counter = os.environ.get("STEERSERVE_FUZZ_COUNT")
+    if counter:
+        with open(counter, "a") as out:
+            out.write(f"{case.method} {case.path}\n")
+
+
+@schemathesis.check
+def openai_error_shape(ctx: Any, response: Any, case: Any) -> bool | None:
+    """Every 4xx/5xx body is {"error": {"message", "type", "param", "code"}} with a message."""
+    if response.status_code < 400:
+        return None
+    body = response.json()
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict) or set(error) != {"message", "type", "param", "code"} or not error["message"]:
+        raise AssertionError(f"error body not in OpenAI's shape: {body!r}")
+    return None
