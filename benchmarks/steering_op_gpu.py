@@ -33,7 +33,7 @@ import torch._dynamo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from steering import ops_triton  # noqa: E402
-from steering.ops import steering_delta  # noqa: E402
+from steering.ops import steered_sum  # noqa: E402
 
 # (name, hidden, intermediate, qkv output width): R1-Distill-Qwen-1.5B (the seed paper's model), Llama-3-8B.
 MODELS = {
@@ -109,8 +109,7 @@ def reference_delta(x: torch.Tensor, t: Tables) -> torch.Tensor:
 
 
 def steered_torch(target: torch.Tensor, extra: torch.Tensor | None, t: Tables) -> torch.Tensor:
-    x = target if extra is None else target + extra
-    return target + steering_delta(x, t.slot, t.gate, t.directions, t.coefficients, t.term_index)
+    return steered_sum(target, extra, t.slot, t.gate, t.directions, t.coefficients, t.term_index)
 
 
 def steered_fused(target: torch.Tensor, extra: torch.Tensor | None, t: Tables) -> torch.Tensor:

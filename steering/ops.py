@@ -46,6 +46,22 @@ def op_coefficients(op: str, strength: float, norm: float) -> tuple[float, float
     raise ValueError(f"unknown steering op {op!r}")
 
 
+def steered_sum(
+    target: torch.Tensor,
+    extra: torch.Tensor | None,
+    token_slot: torch.Tensor,
+    token_gate: torch.Tensor,
+    directions: torch.Tensor,
+    coefficients: torch.Tensor,
+    term_index: torch.Tensor,
+    num_channels: int | None = None,
+) -> torch.Tensor:
+    """`target` plus the change its site's channels make, read from the site value `target + extra` (`extra`:
+    the residual, for site `residual`; else None). The fused CUDA kernel (`steering.ops_triton`) computes the same."""
+    x = target if extra is None else target + extra
+    return target + steering_delta(x, token_slot, token_gate, directions, coefficients, term_index, num_channels)
+
+
 def steering_delta(
     x: torch.Tensor,
     token_slot: torch.Tensor,

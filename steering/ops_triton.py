@@ -18,8 +18,6 @@ import functools
 
 import torch
 
-from steering.ops import steering_delta
-
 MAX_HIDDEN = 16384  # one row per program, held in registers
 
 
@@ -50,7 +48,7 @@ def steered_sum(
     coefficients: torch.Tensor,
     term_index: torch.Tensor,
 ) -> torch.Tensor:
-    """`target + steering_delta(target + extra, ...)` (extra may be None) in one kernel."""
+    """`steering.ops.steered_sum` in one kernel (`extra` may be None)."""
     op = torch.ops.steerserve.steered_sum
     return op(target, extra, token_slot, token_gate, directions, coefficients, term_index)  # type: ignore[no-any-return]
 
@@ -147,20 +145,6 @@ def _launch(
         num_warps=max(1, min(16, block // 256)),
     )
     return out
-
-
-def reference(
-    target: torch.Tensor,
-    extra: torch.Tensor | None,
-    token_slot: torch.Tensor,
-    token_gate: torch.Tensor,
-    directions: torch.Tensor,
-    coefficients: torch.Tensor,
-    term_index: torch.Tensor,
-) -> torch.Tensor:
-    """What the kernel computes, in torch (the op's CPU path)."""
-    x = target if extra is None else target + extra
-    return target + steering_delta(x, token_slot, token_gate, directions, coefficients, term_index)
 
 
 @functools.cache

@@ -15,7 +15,7 @@ from torch import nn
 from steering import ops_triton
 from steering.config import SUPPORTED_ARCHITECTURES
 from steering.errors import UnsupportedModelError
-from steering.ops import steering_delta
+from steering.ops import steered_sum
 from steering.vllm_plugin.state import SteeringState
 
 SUPPORTED_LAYER_CLASSES = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer")
@@ -105,8 +105,7 @@ def _steered(module: nn.Module, site: str, target: torch.Tensor, extra: torch.Te
     )
     if getattr(module, "_steer_fused"):
         return ops_triton.steered_sum(target, extra, *tables)
-    x = target if extra is None else target + extra
-    return target + steering_delta(x, *tables, channels)
+    return steered_sum(target, extra, *tables, channels)
 
 
 def _layer_forward(self: nn.Module, base: type, *args: Any, **kwargs: Any) -> Any:
