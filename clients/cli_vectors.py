@@ -12,6 +12,8 @@ import numpy as np
 import typer
 
 from clients.cli_common import DEFAULT_URL, AdminKey, ApiKey, AsJson, BaseUrl, connect, dump, table
+from steering.errors import InvalidSteeringError
+from steering.spec import parse_vector_ref
 
 vectors = typer.Typer(help="Steering vectors.", no_args_is_help=True)
 
@@ -155,11 +157,11 @@ def pull_vector(
     admin_key: AdminKey = None,
 ) -> None:
     """Save a vector with its defaults, description and provenance as a bundle that `push` stores again."""
-    name, _, pinned = vector_id.partition("@")
+    name, pinned = _vector_ref(vector_id)
     with connect(base_url, api_key, admin_key) as client:
         info = client.get_vector(name)
-        if pinned:
-            chosen = [v for v in info.versions if str(v.version) == pinned]
+        if pinned is not None:
+            chosen = [v for v in info.versions if v.version == pinned]
             if not chosen:
                 raise typer.BadParameter(f"{name} has no version {pinned}", param_hint="VECTOR_ID")
             info = chosen[0]
@@ -225,9 +227,9 @@ def export_vector(
     admin_key: AdminKey = None,
 ) -> None:
     """Write a vector as safetensors, a GGUF control vector (for llama.cpp: --control-vector) or .npy."""
-    name, _, version = vector_id.partition("@")
+    name, version = _vector_ref(vector_id)
     with connect(base_url, api_key, admin_key) as client:
-        data = client.export_vector(name, fmt, int(version) if version else None)
+        data = client.export_vector(name, fmt, version)
     out.write_bytes(data)
     typer.echo(f"{vector_id} -> {out} ({len(data)} bytes, {fmt})", err=True)
 
@@ -243,6 +245,13 @@ def delete_vector(
     with connect(base_url, api_key, admin_key) as client:
         client.delete_vector(vector_id)
     typer.echo(f"deleted {vector_id}", err=True)
+
+
+def _vector_ref(ref: str) -> tuple[str, int | None]:
+    try:
+        return parse_vector_ref(ref)
+    except InvalidSteeringError as exc:
+        raise typer.BadParameter(str(exc), param_hint="VECTOR_ID") from None
 
 
 def _tensor_layers(data: bytes) -> dict[int, np.ndarray]:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-SiteName = Literal["residual", "mlp", "attn"]
-ALL_SITES: tuple[SiteName, ...] = ("residual", "mlp", "attn")
+from steering.spec import Site
 
 DEMO_NAME = "steerserve-demo"  # served name of the bundled toy model
 
@@ -41,8 +40,8 @@ class ServerSettings(BaseSettings):
     admin_key: str | None = Field(default=None, description="Bearer key for steering writes; grants API access too.")
     max_steering_configs: int = Field(default=32, description="Distinct steering configs in flight at once.")
     max_strength: float = Field(default=1000.0, description="Largest |strength| a term may ask for.")
-    steering_sites: list[SiteName] = Field(
-        default_factory=lambda: list(ALL_SITES),
+    steering_sites: list[Site] = Field(
+        default_factory=lambda: list(get_args(Site)),
         min_length=1,
         description="Sites with the steering op compiled in; requests for others get 400. Every enabled site "
         "costs on every step, steered or not (GPU figures: benchmarks/results/steering_op_gpu.md).",

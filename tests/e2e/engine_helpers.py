@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,15 @@ class Result:
     logprobs: torch.Tensor | None  # [prompt_len - 1 + generated, vocab], row p = distribution after position p
     num_cached_tokens: int
     finish_reason: str | None
+
+
+def forcing_direction(model: Path, token: int) -> dict[int, np.ndarray]:
+    """{last layer: the model's unembedding row of `token`, x200}: added there, it makes the model emit `token`."""
+    from safetensors.numpy import load_file
+
+    layers = json.loads((model / "config.json").read_text())["num_hidden_layers"]
+    unembed = load_file(str(model / "model.safetensors"))["lm_head.weight"]
+    return {layers - 1: np.asarray(unembed[token] * 200.0, dtype=np.float32)}
 
 
 def random_vector(vector_id: str, layers: Sequence[int], hidden: int, scale: float, seed: int) -> SteeringVector:

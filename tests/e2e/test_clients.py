@@ -10,29 +10,23 @@ from typing import Any
 import numpy as np
 import pytest
 from openai import AsyncOpenAI
-from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
 from clients.cli import app
 from clients.client import AsyncSteerClient, SteerClient, SteerError
 from clients.openai_steering import steering_body, steering_header, with_steering
 from tests.e2e.conftest import SERVED
+from tests.e2e.engine_helpers import forcing_direction
 
 pytestmark = pytest.mark.engine
 ADMIN_KEY, USER_KEY = "admin-secret", "user-secret"
 
 
-def forcing_direction(tiny_llama: Path, token: int) -> np.ndarray:
-    """A direction on the last layer that makes the tiny model emit `token` (its unembedding row, scaled)."""
-    unembed = load_file(str(tiny_llama / "model.safetensors"))["lm_head.weight"]
-    return np.asarray(unembed[token] * 200.0, dtype=np.float32)
-
-
 async def test_async_client_vectors_presets_experiments_and_errors(server: str, tiny_llama: Path) -> None:
-    layers = json.loads((tiny_llama / "config.json").read_text())["num_hidden_layers"]
     async with AsyncSteerClient(server, admin_key=ADMIN_KEY) as steer:
-        created = await steer.push_vector("cli-force", {layers - 1: forcing_direction(tiny_llama, 7)}, description="t")
-        assert created.layers == [layers - 1] and created.version >= 1
+        force = forcing_direction(tiny_llama, 7)
+        created = await steer.push_vector("cli-force", force, description="t")
+        assert created.layers == list(force) and created.version >= 1
         info = await steer.get_vector("cli-force")
         assert info.sha256 == created.sha256 and info.description == "t"
         assert "cli-force" in [v.id for v in await steer.list_vectors()]
@@ -62,9 +56,8 @@ async def test_async_client_vectors_presets_experiments_and_errors(server: str, 
 
 
 async def test_openai_helper_steers_the_official_client(server: str, tiny_llama: Path) -> None:
-    layers = json.loads((tiny_llama / "config.json").read_text())["num_hidden_layers"]
     async with AsyncSteerClient(server, admin_key=ADMIN_KEY) as steer:
-        await steer.push_vector("sdk-force", {layers - 1: forcing_direction(tiny_llama, 11)})
+        await steer.push_vector("sdk-force", forcing_direction(tiny_llama, 11))
     client = AsyncOpenAI(base_url=f"{server}/v1", api_key=USER_KEY)
     args: dict[str, Any] = {"model": SERVED, "prompt": "hello", "max_tokens": 4, "temperature": 0}
     plain = await client.completions.create(**args)
@@ -88,7 +81,8 @@ async def test_sync_client_and_cli(server: str, tiny_llama: Path, tmp_path: Path
         return result.output
 
     def scenario() -> None:
-        direction = np.linspace(-1, 1, forcing_direction(tiny_llama, 3).shape[0], dtype=np.float32)
+        hidden = json.loads((tiny_llama / "config.json").read_text())["hidden_size"]
+        direction = np.linspace(-1, 1, hidden, dtype=np.float32)
         np.save(tmp_path / "one.npy", direction)
         assert "stored cli-npy v1" in cli(
             "vectors", "import", str(tmp_path / "one.npy"), "--id", "cli-npy", "--layer", "1"

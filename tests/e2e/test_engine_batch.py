@@ -7,13 +7,11 @@ import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from safetensors.numpy import load_file
 
 from steering.spec import SteeringTerm
 from steering.vectors import SteeringVector
-from tests.e2e.engine_helpers import random_vector, run
+from tests.e2e.engine_helpers import forcing_direction, random_vector, run
 
 pytestmark = pytest.mark.engine
 
@@ -71,10 +69,8 @@ async def test_unsteered_neighbours_are_token_identical(llama_engine: Any) -> No
 
 async def test_unembedding_vector_forces_its_token(llama_engine: Any, tiny_llama: Path) -> None:
     engine = llama_engine
-    unembed = load_file(str(tiny_llama / "model.safetensors"))["lm_head.weight"]
     target = 300
-    last = engine.shape.num_layers - 1
-    vector = SteeringVector("force", {last: (unembed[target] * 200.0).astype(np.float32)})
+    vector = SteeringVector("force", forcing_direction(tiny_llama, target))
     batch = prompts(8, 10, seed=5)
     steer = [SteeringTerm(vector="force", strength=1.0, layers=[-1])]
     plan = [steer if i % 2 else None for i in range(8)]

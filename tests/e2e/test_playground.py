@@ -3,17 +3,15 @@ type a prompt, move the slider, see two streamed answers and an experiment's rep
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-from safetensors.numpy import load_file
 
 from clients.client import AsyncSteerClient
+from tests.e2e.engine_helpers import forcing_direction
 
 pytestmark = pytest.mark.engine
 ARTIFACTS = Path(
@@ -39,11 +37,8 @@ def chromium() -> str:
 async def test_two_streamed_answers_and_a_report_in_chromium(server: str, tiny_llama: Path) -> None:
     from playwright.async_api import async_playwright
 
-    layers = json.loads((tiny_llama / "config.json").read_text())["num_hidden_layers"]
-    unembed = load_file(str(tiny_llama / "model.safetensors"))["lm_head.weight"]
-    token = visible_token(tiny_llama)
     async with AsyncSteerClient(server, admin_key="admin-secret") as steer:
-        await steer.push_vector("pg-force", {layers - 1: np.asarray(unembed[token] * 200.0, dtype=np.float32)})
+        await steer.push_vector("pg-force", forcing_direction(tiny_llama, visible_token(tiny_llama)))
         await steer.put_experiment("pg-ab", [{"name": "off"}, {"name": "on", "steering": [{"vector": "pg-force"}]}])
     async with httpx.AsyncClient(base_url=server, headers={"Authorization": "Bearer user-secret"}) as http:
         for user in ("ada", "bob", "cy", "dee"):  # some traffic for the report

@@ -10,25 +10,26 @@ from typing import Any
 
 import httpx
 import pytest
-from safetensors.numpy import load_file
 
 from tests.e2e.conftest import ADMIN, SERVED
+from tests.e2e.engine_helpers import forcing_direction
 
 pytestmark = pytest.mark.engine
 
 
-def force_vector(tiny_llama: Path, token: int, layers: int) -> dict[str, str]:
-    unembed = load_file(str(tiny_llama / "model.safetensors"))["lm_head.weight"]
-    data = (unembed[token] * 200.0).astype("<f4")
-    return {str(layers - 1): base64.b64encode(data.tobytes()).decode()}
+def force_vector(tiny_llama: Path, token: int) -> dict[str, str]:
+    return {
+        str(k): base64.b64encode(v.astype("<f4").tobytes()).decode()
+        for k, v in forcing_direction(tiny_llama, token).items()
+    }
 
 
-async def upload_force(url: str, vector_id: str, tiny_llama: Path, token: int, layers: int) -> dict[str, Any]:
+async def upload_force(url: str, vector_id: str, tiny_llama: Path, token: int) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=url) as http:
         response = await http.post(
             "/v1/steering/vectors",
             headers=ADMIN,
-            json={"id": vector_id, "layers": force_vector(tiny_llama, token, layers), "description": "forces a token"},
+            json={"id": vector_id, "layers": force_vector(tiny_llama, token), "description": "forces a token"},
         )
         assert response.status_code == 201, response.text
         return dict(response.json())
@@ -37,10 +38,9 @@ async def upload_force(url: str, vector_id: str, tiny_llama: Path, token: int, l
 async def test_openai_sdk_plain_streaming_steered_and_presets(server: str, llama_engine: Any, tiny_llama: Path) -> None:
     from openai import AsyncOpenAI
 
-    layers = llama_engine.shape.num_layers
     target = 300
     target_text = llama_engine.tokenizer.decode([target])
-    await upload_force(server, "force", tiny_llama, target, layers)
+    await upload_force(server, "force", tiny_llama, target)
     client = AsyncOpenAI(base_url=f"{server}/v1", api_key="user-secret")
     prompt = "Q: 12+30"
     plain = await client.completions.create(model=SERVED, prompt=prompt, max_tokens=6, temperature=0)
@@ -95,13 +95,12 @@ async def test_openai_sdk_plain_streaming_steered_and_presets(server: str, llama
 async def test_new_version_is_used(server: str, llama_engine: Any, tiny_llama: Path) -> None:
     from openai import AsyncOpenAI
 
-    layers = llama_engine.shape.num_layers
     client = AsyncOpenAI(base_url=f"{server}/v1", api_key="user-secret")
-    first = await upload_force(server, "moving", tiny_llama, 301, layers)
+    first = await upload_force(server, "moving", tiny_llama, 301)
     out1 = await client.completions.create(
         model=SERVED, prompt="x", max_tokens=3, temperature=0, extra_body={"steering": [{"vector": "moving"}]}
     )
-    second = await upload_force(server, "moving", tiny_llama, 302, layers)
+    second = await upload_force(server, "moving", tiny_llama, 302)
     assert (first["version"], second["version"]) == (1, 2)
     out2 = await client.completions.create(
         model=SERVED, prompt="x", max_tokens=3, temperature=0, extra_body={"steering": [{"vector": "moving"}]}
@@ -249,10 +248,9 @@ async def test_structured_output_logprobs_and_echo(server: str, llama_engine: An
 async def test_reasoning_split_budget_and_reflection_metrics(server: str, llama_engine: Any, tiny_llama: Path) -> None:
     from openai import AsyncOpenAI
 
-    layers = llama_engine.shape.num_layers
     wait_ids = llama_engine.tokenizer.encode("Wait", add_special_tokens=False)
     assert len(wait_ids) == 1
-    await upload_force(server, "force-wait", tiny_llama, wait_ids[0], layers)
+    await upload_force(server, "force-wait", tiny_llama, wait_ids[0])
     client = AsyncOpenAI(base_url=f"{server}/v1", api_key="user-secret")
     messages = [{"role": "user", "content": "Q: 12+30"}]
     waits = await client.chat.completions.create(
@@ -270,7 +268,7 @@ async def test_reasoning_split_budget_and_reflection_metrics(server: str, llama_
     # the thinking budget: at 4 tokens the section is closed and the answer follows (the steering makes the
     # random model open a thinking section: it emits <think> tokens)
     think_ids = llama_engine.tokenizer.encode("<think>", add_special_tokens=False)
-    await upload_force(server, "force-think", tiny_llama, think_ids[0], layers)
+    await upload_force(server, "force-think", tiny_llama, think_ids[0])
     budget = {"max_reasoning_tokens": 4, "steering": [{"vector": "force-think"}]}
     whole = await client.chat.completions.create(
         model=SERVED, messages=messages, max_tokens=20, temperature=0, extra_body=budget
