@@ -211,7 +211,7 @@ def main() -> None:
     parser.add_argument("--split", default="extract", choices=["train", "extract", "eval"])
     parser.add_argument("--strengths", default="-1,0,0.5")
     parser.add_argument("--term", default=None, help="JSON term fields for steered arms (op, layers, positions)")
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float, default=0.7, help="the toy's own default (its generation config)")
     parser.add_argument("--max-tokens", type=int, default=384)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--seed", type=int, default=7)

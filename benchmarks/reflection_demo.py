@@ -2,7 +2,7 @@
 
 Starts `steerserve serve` with no model argument (the bundled toy demo model; its reflection vector and the
 reflect-up/down presets are installed on first start), then runs `steerserve ab run` over held-out demo
-problems: strengths of the reflection vector (projection-scaled, on the MLP output of its stored layer) and a
+problems: strengths of the reflection vector (with its stored defaults, or the term fields of `--term`) and a
 random direction of equal norm, common seeds per problem. Writes the A/B report under
 `benchmarks/results/reflection_demo/` and the summary with the issue's targets checked to
 `benchmarks/results/reflection_demo.{json,md}`.
@@ -76,13 +76,25 @@ def check_targets(arms: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def accuracy_by_reflection(results_jsonl: Path, arm: str) -> dict[str, Any]:
+    """Within one arm: accuracy of the responses that reflected and of those that did not (the design point that
+    reflection goes with right answers)."""
+    rows = [json.loads(line) for line in results_jsonl.read_text().splitlines() if line.strip()]
+    out: dict[str, Any] = {"arm": arm}
+    for key, reflected in (("reflective", True), ("non_reflective", False)):
+        group = [r for r in rows if r["arm"] == arm and r["reflected"] is reflected]
+        out[key] = {"n": len(group), "accuracy": round(sum(r["correct"] for r in group) / max(1, len(group)), 4)}
+    return out
+
+
 def markdown(result: dict[str, Any]) -> str:
     base = next(a for a in result["arms"] if a["vector"] == "reflection" and a["strength"] == 0)
     lines = [
         "# Reflection steering on the toy demo model (measured)",
         "",
-        "A **toy**: a 4-layer, 3.2 M-parameter Llama trained on CPU (`steering/models/demo_train.py`; 35-45 min",
-        "with native bf16) on synthetic chain arithmetic with reflection. It shows the workflow end to end; it says",
+        "A **toy**: a 4-layer, 3.2 M-parameter Llama trained on CPU (`steering/models/demo_train.py`; its time is in",
+        "`steering/models/demo/README.md`) on synthetic chain arithmetic with reflection. It shows the workflow end to "
+        "end; it says",
         "nothing about real reasoning models. Every number below came from the real server (`steerserve serve`,",
         "vLLM CPU, the toy in float32). Step-level reasons: [demo_behaviour.md](demo_behaviour.md).",
         "",
@@ -110,6 +122,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Baseline: accuracy {base['accuracy']:.3f}, reflection rate {base['reflection_rate']:.3f}, "
         f"mean tokens {base['mean_tokens']:.1f}.",
         "",
+        _by_reflection_line(result["baseline_by_reflection"]),
+        "",
         "## Targets",
         "",
     ]
@@ -125,13 +139,21 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _by_reflection_line(split: dict[str, Any]) -> str:
+    r, n = split["reflective"], split["non_reflective"]
+    return (
+        f"Within the baseline arm, responses that reflected were right {r['accuracy']:.3f} of the time (n = {r['n']}), "
+        f"those that did not {n['accuracy']:.3f} (n = {n['n']})."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=1000)
     parser.add_argument("--samples", type=int, default=1)
     parser.add_argument("--strengths", default="-2,-1,-0.5,0,0.5,1,2")
     parser.add_argument("--random-strengths", default="-2,2")
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float, default=0.7, help="the toy's own default (its generation config)")
     parser.add_argument("--max-tokens", type=int, default=384)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--term", default=None, help="JSON term fields for every steered arm (ab run --term)")
@@ -193,6 +215,7 @@ def main() -> None:
         "seconds": round(time.monotonic() - started, 1),
         "arms": arms,
         "targets": check_targets(arms),
+        "baseline_by_reflection": accuracy_by_reflection(report_dir / "results.jsonl", "reflection@0"),
     }
     (args.out / "reflection_demo.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "reflection_demo.md").write_text(markdown(result))

@@ -31,8 +31,10 @@ def run_ab(
     format: Annotated[str, typer.Option(help="auto | jsonl | math500 | gsm8k.")] = "auto",
     limit: Annotated[int | None, typer.Option(help="Items to use (demo default: 1000).")] = None,
     samples: Annotated[int, typer.Option(help="Samples per item (k).")] = 1,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling.")] = 1.0,
+    temperature: Annotated[
+        float | None, typer.Option(help="Sampling temperature (default: the model's, from its generation config).")
+    ] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling (default: the model's).")] = None,
     max_tokens: Annotated[int, typer.Option(help="Completion cap (truncation is reported).")] = 512,
     seed: Annotated[int, typer.Option(help="Seed of sampling seeds and of the random control.")] = 0,
     concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 32,

@@ -44,7 +44,9 @@ def extract(
     method: Annotated[str, typer.Option(help="diffmean | pca.")] = "diffmean",
     layers: Annotated[str | None, typer.Option(help="Comma-separated layers to store (default: recommended).")] = None,
     samples: Annotated[int, typer.Option(help="Traces per problem.")] = 1,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature for generated traces.")] = 1.0,
+    temperature: Annotated[
+        float | None, typer.Option(help="Sampling temperature for generated traces (default: the model's).")
+    ] = None,
     max_tokens: Annotated[int, typer.Option(help="Length cap of generated traces.")] = 512,
     op: Annotated[str, typer.Option(help="Default op stored with the vector.")] = "project",
     site: Annotated[str, typer.Option(help="Default site stored with the vector.")] = "mlp",

@@ -9,6 +9,7 @@ hash, so steered KV is never shared with other configs or with unsteered request
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -253,17 +254,27 @@ class SteeringEngine:
         json_object: bool = False,
         **fields: Any,
     ) -> Any:
-        """vLLM `SamplingParams` from OpenAI-style fields (None means vLLM's default)."""
+        """vLLM `SamplingParams` from OpenAI-style fields. A field left None takes the model's default from its
+        `generation_config.json` (temperature, top_p, top_k, min_p, penalties), as vLLM's own server does, else
+        vLLM's neutral default."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
-        kwargs = {k: v for k, v in fields.items() if v is not None}
+        kwargs = {**self.default_sampling, **{k: v for k, v in fields.items() if v is not None}}
         if json_schema is not None or json_object:
             kwargs["structured_outputs"] = StructuredOutputsParams(
                 json=json_schema if json_schema else None, json_object=True if json_object else None
             )
         kwargs["output_kind"] = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
         return SamplingParams(**kwargs)
+
+    @functools.cached_property
+    def default_sampling(self) -> dict[str, Any]:
+        """The model's sampling defaults from its generation config (not its max_new_tokens: the server sizes
+        max_tokens to the context)."""
+        defaults = dict(self.llm.model_config.get_diff_sampling_param())
+        defaults.pop("max_tokens", None)
+        return defaults
 
     def render_chat(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of `messages` through the tokenizer's chat template, ready for the assistant's turn."""

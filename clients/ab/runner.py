@@ -37,8 +37,8 @@ class RunConfig:
     strengths: tuple[float, ...]
     random_strengths: tuple[float, ...]
     samples: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
+    temperature: float | None = None  # None: the served model's default (its generation_config.json)
+    top_p: float | None = None
     max_tokens: int = 512
     seed: int = 0
     concurrency: int = 32
@@ -138,11 +138,13 @@ async def run(
             body: dict[str, Any] = {
                 "model": config.model,
                 "messages": [{"role": "user", "content": item.prompt}],
-                "temperature": config.temperature,
-                "top_p": config.top_p,
                 "max_tokens": config.max_tokens,
                 "seed": sample_seed(item, k, config.seed),
             }
+            if config.temperature is not None:
+                body["temperature"] = config.temperature
+            if config.top_p is not None:
+                body["top_p"] = config.top_p
             if arm.steering is not None:
                 body["steering"] = arm.steering
             async with gate:

@@ -38,7 +38,9 @@ class ExtractionRequest(BaseModel):
         default=None, description="Contrast (b): problems the served model solves to make the traces."
     )
     samples_per_problem: int = Field(default=1, ge=1, le=64)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    temperature: float | None = Field(
+        default=None, ge=0.0, le=2.0, description="Sampling temperature of generated traces (None: the model's)."
+    )
     max_tokens: int = Field(default=512, ge=1, le=32768)
     raw: bool = Field(default=False, description="Traces/problems are prompts as-is, not chat messages.")
     horizon: int = Field(default=50, ge=1, description="No keyword within this many tokens after a delimiter.")

@@ -1,19 +1,27 @@
 """Synthetic multi-step arithmetic with reflection: the training and evaluation data of the toy demo model.
 
 A problem is a chain such as ``37+48-19+26``. A trace solves it one step per ``\\n\\n``-delimited line inside
-``<think>…</think>`` and ends with ``Answer: N``. Each step is wrong with a small probability (a slip the model
-learns to make too). After a step the trace sometimes reflects ("Wait, let me re-check: 85-19 = 85-10-9 = 75-9
-= 66. …"): the decomposed re-check is easier than the step, so it is reliable. Like real reasoning models, most
-reflection re-verifies a step that was already right, sometimes twice (a second check with the inverse
-operation); a minority catches a real error, which the trace then corrects. So fewer reflections save many
-tokens and cost little accuracy, while more reflections catch more errors.
+``<think>…</think>`` and ends with ``Answer: N``. The bundled model's data (the `TraceStyle` defaults):
 
-Three optional knobs (off in the bundled model's data) exist for a redesign: *correction drills* (`p_drill`: a
-right step shown with a wrong result, then re-checked and fixed; the wrong digits carry no training loss,
-`Trace.untrained`, so a model learns to fix such slips, and cannot get by copying the written result in a
-re-check, without learning to make more of them), long *reviews* of every step so far (`p_review`), which
-make redundant reflection a larger share of tokens, and *pointers* (each step line names the next operation,
-``37+48=85, next -19`` … ``, done``). A model trained with all three did not do better (see the demo README).
+- *Slips* happen only on hard steps — a carry (``37+48``) or a borrow (``85-19``) in the ones digit — and are
+  the forgotten carry: ``37+48=75``, ``85-19=76`` (p = 0.25 per hard step, trained: the model learns to make
+  them, and at the toy's temperature 0.7 it does, on a few per cent of its steps).
+- After a slip the trace nearly always reflects and fixes it ("Wait, let me re-check: 37+48 = 37+40+8 = 77+8
+  = 85. So it is 85, not 75."): the decomposed re-check is easier than the step, so it is reliable.
+- *Correction drills* on easy steps (`p_drill_easy`): a right step shown with a wrong result, then re-checked
+  and fixed. The wrong digits carry no training loss (`Trace.untrained`), so the model learns to notice and
+  fix a wrong result — and cannot get by copying the written result in a re-check — without learning to write
+  wrong easy steps.
+- After a right step the trace re-checks redundantly with p = 0.2, and then checks once more with the inverse
+  operation with p = 0.9. In the model's own traces most reflection is this redundant kind; some of it
+  catches a real slip.
+
+So fewer reflections save many tokens for little accuracy, while more reflections catch more slips. The
+knobs kept for other designs (off in the bundled data): untrained drills on any step (`p_drill`), long
+*reviews* of every step so far (`p_review`), *pointers* (each step line names the next operation,
+``37+48=85, next -19`` … ``, done``), slips on any step by a random offset (`carry_slips=False`), and a
+separate re-check rate for hard steps (`p_recheck_hard`). The previous bundled model used
+``{"carry_slips": false, "p_error": 0.03, "p_catch": 0.85, "p_recheck": 0.15, "p_again": 0.5}``.
 No torch here: the generator also serves the bundled demo set.
 """
 
@@ -34,14 +42,17 @@ class TraceStyle:
 
     min_ops: int = 3
     max_ops: int = 5
-    p_error: float = 0.03  # a step's result is off by one of ERROR_OFFSETS (trained: the model slips too)
-    p_catch: float = 0.85  # after a wrong step: reflect, find and fix the error
-    p_recheck: float = 0.15  # after a right step: redundant re-check that confirms it
-    p_again: float = 0.5  # after a redundant re-check: verify once more with the inverse operation
-    # Off in the bundled model's data (which the defaults above reproduce draw for draw):
+    carry_slips: bool = True  # slips only on hard steps (a carry or borrow), as the forgotten carry (off by 10)
+    p_error: float = 0.25  # a (hard, if carry_slips) step's result is wrong (trained: the model slips too)
+    p_catch: float = 0.99  # after a wrong step: reflect, find and fix the error
+    p_recheck: float = 0.2  # after a right step: redundant re-check that confirms it
+    p_again: float = 0.9  # after a redundant re-check: verify once more with the inverse operation
+    p_drill_easy: float = 0.25  # with carry_slips: an easy step shown wrong (a correction drill, see below)
+    # Off in the bundled model's data:
     p_drill: float = 0.0  # a right step shown wrong (its digits untrained), then re-checked and fixed
     p_review: float = 0.0  # after a redundant re-check, from the second step on: go over every step so far
     pointers: bool = False  # each step line names the next operation (", next -19") or says ", done"
+    p_recheck_hard: float | None = None  # redundant re-check after a right hard step (None: p_recheck)
 
 
 @dataclass(frozen=True)
@@ -132,10 +143,16 @@ def trace(problem: Problem, rng: random.Random, style: TraceStyle = TraceStyle()
     value = problem.start
     for index, (op, b) in enumerate(problem.steps):
         right = _apply(value, op, b)
+        hard = is_hard(value, op, b)
+        can_slip = hard or not style.carry_slips
         draw = rng.random()
-        slip = draw < style.p_error
-        drill = not slip and draw < style.p_error + style.p_drill
-        written = _wrong(right, rng) if slip or drill else right
+        slip = can_slip and draw < style.p_error
+        drill = not slip and draw < (style.p_error if can_slip else style.p_drill_easy) + style.p_drill
+        if style.carry_slips and slip:
+            written = forgot_carry(right, op)
+        else:
+            written = _wrong(right, rng) if slip or drill else right
+        p_recheck = style.p_recheck_hard if hard and style.p_recheck_hard is not None else style.p_recheck
         step = f"{value}{op}{b}="
         if drill:
             untrained.append((len(text) + len(step), len(text) + len(step) + len(str(written))))
@@ -143,7 +160,7 @@ def trace(problem: Problem, rng: random.Random, style: TraceStyle = TraceStyle()
         if written != right and (drill or rng.random() < style.p_catch):
             text += f"Wait, let me re-check: {decomposed(value, op, b)}. So it is {right}, not {written}.\n\n"
             written = right
-        elif written == right and rng.random() < style.p_recheck:
+        elif written == right and rng.random() < p_recheck:
             text += f"Wait, let me re-check: {decomposed(value, op, b)}. Yes, it is {right}.\n\n"
             if rng.random() < style.p_again:
                 text += f"Wait, let me check again: {inverse_check(value, op, b)}.\n\n"
@@ -153,6 +170,16 @@ def trace(problem: Problem, rng: random.Random, style: TraceStyle = TraceStyle()
         done.append(f"{step}{written}")
         value = written
     return Trace(f"{text}{THINK_CLOSE}\nAnswer: {value}", value, tuple(untrained))
+
+
+def is_hard(a: int, op: str, b: int) -> bool:
+    """Whether a step carries (``+``) or borrows (``-``) in the ones digit."""
+    return (a % 10 + b % 10 >= 10) if op == "+" else (a % 10 < b % 10)
+
+
+def forgot_carry(right: int, op: str) -> int:
+    """The result of a hard step with its carry or borrow forgotten: 37+48 -> 75, 85-19 -> 76."""
+    return right - 10 if op == "+" else right + 10
 
 
 def _pointer(problem: Problem, index: int) -> str:

@@ -1,7 +1,8 @@
 """Train the toy demo reasoning model (seeded, CPU): ``python -m steering.models.demo_train``.
 
-~35-45 min on 2 cores with native bf16 (AMX / AVX-512 BF16, where it trains under bf16 autocast); about twice
-that in fp32 on AVX2-only CPUs, where emulated bf16 would be ~25x slower.
+73.5 min for the bundled model on 2 cores of an AMD EPYC with AVX-512 BF16 (1.45 s/step under bf16 autocast);
+in fp32 on AVX2-only CPUs, where emulated bf16 would be ~25x slower. ``--device cuda`` trains it in minutes on a
+GPU, for trying data designs (`benchmarks/demo_design_screen.py`); the bundled weights come from the CPU run.
 
 A 4-layer Llama (hidden 256, ~3.2 M parameters, tied embeddings, ~13 MB fp32) learns the synthetic traces of
 `steering.models.arith`: step-by-step chain arithmetic inside ``<think>`` with occasional errors and
@@ -26,6 +27,10 @@ from steering.models.tiny import CHAT_TEMPLATE
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
 DEMO_NAME = "steerserve-demo"
+# The toy's sampling temperature, saved as its generation-config default (which the server applies to requests
+# that send none): at 0.7 its digit noise is gone but its slips (one wrong value with p = 0.25) and its re-check
+# decisions are still sampled; at 1.0 it makes many more mistakes of its own.
+DEMO_TEMPERATURE = 0.7
 
 
 def user_prompt(problem_text: str) -> str:
@@ -72,13 +77,13 @@ def native_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def autocast(bf16: bool) -> Any:
-    """bf16 autocast on CPU, or no autocast (fp32)."""
+def autocast(bf16: bool, device: str = "cpu") -> Any:
+    """bf16 autocast on `device` ("cpu" or "cuda"), or no autocast (fp32)."""
     import contextlib
 
     import torch
 
-    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    return torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
@@ -134,7 +139,7 @@ def batch_tensors(examples: list[Example], pad_id: int) -> tuple[Any, Any]:
 
 def train(
     out: Path,
-    steps: int = 3600,
+    steps: int = 2800,
     batch_size: int = 64,
     train_traces: int = 250_000,
     lr: float = 2e-3,
@@ -145,13 +150,17 @@ def train(
     log_every: int = 50,
     precision: str = "auto",
     style: TraceStyle | None = None,
+    device: str = "cpu",
+    layers: int = 4,
 ) -> dict[str, Any]:
     """Train and save the model, tokenizer and training log to `out`; returns the final summary.
-    `precision`: "bf16" (autocast), "fp32", or "auto" (bf16 where the CPU has it natively)."""
+    `precision`: "bf16" (autocast), "fp32", or "auto" (bf16 on CUDA, and where the CPU has it natively).
+    `device`: "cpu" (the shipped model's) or "cuda" (for trying data designs quickly; not bit-identical)."""
     import torch
     import transformers
 
-    bf16 = precision == "bf16" or (precision == "auto" and native_bf16())
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    bf16 = precision == "bf16" or (precision == "auto" and (kind == "cuda" or native_bf16()))
     style = style or TraceStyle()
 
     torch.manual_seed(seed)
@@ -168,7 +177,7 @@ def train(
         vocab_size=len(tokenizer),
         hidden_size=256,
         intermediate_size=688,
-        num_hidden_layers=4,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=4,
         max_position_embeddings=512,
@@ -178,7 +187,8 @@ def train(
         pad_token_id=tokenizer.pad_token_id,
         initializer_range=0.02,
     )
-    model = transformers.LlamaForCausalLM(config)  # type: ignore[no-untyped-call]
+    model: Any = transformers.LlamaForCausalLM(config)  # type: ignore[no-untyped-call]
+    model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "training_log.jsonl"
@@ -194,6 +204,7 @@ def train(
         "vocab_size": len(tokenizer),
         "style": style.__dict__,
         "precision": "bf16 autocast" if bf16 else "fp32",
+        "device": kind,
         "data_seconds": round(time.monotonic() - started, 1),
     }
     log.write(json.dumps(header) + "\n")
@@ -206,7 +217,8 @@ def train(
         if not batches:
             batches = length_batches(data, batch_size, order)
         inputs, labels = batch_tensors([data[i] for i in batches.pop()], tokenizer.pad_token_id)
-        with autocast(bf16):
+        inputs, labels = inputs.to(device), labels.to(device)
+        with autocast(bf16, kind):
             loss = model(input_ids=inputs, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -222,33 +234,36 @@ def train(
                 "elapsed_s": round(time.monotonic() - started, 1),
             }
             if (step + 1) % (log_every * 10) == 0 or step + 1 == steps:
-                record["held_out_loss"] = round(held_out_loss(model, held, tokenizer.pad_token_id, bf16), 4)
+                record["held_out_loss"] = round(held_out_loss(model, held, tokenizer.pad_token_id, bf16, device), 4)
             log.write(json.dumps(record) + "\n")
             log.flush()
             print(json.dumps(record), flush=True)
             running = 0.0
-    model.eval()  # type: ignore[no-untyped-call]
+    model.eval()
     summary = {
         "event": "done",
-        "held_out_loss": round(held_out_loss(model, held, tokenizer.pad_token_id, bf16), 4),
+        "held_out_loss": round(held_out_loss(model, held, tokenizer.pad_token_id, bf16, device), 4),
         "seconds": round(time.monotonic() - started, 1),
     }
     log.write(json.dumps(summary) + "\n")
     log.close()
-    model.save_pretrained(str(out), safe_serialization=True)
+    model.generation_config.do_sample = True
+    model.generation_config.temperature = DEMO_TEMPERATURE
+    model.to("cpu").save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
     return summary
 
 
-def held_out_loss(model: Any, examples: list[Example], pad_id: int, bf16: bool) -> float:
+def held_out_loss(model: Any, examples: list[Example], pad_id: int, bf16: bool, device: str = "cpu") -> float:
     import torch
 
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    with torch.no_grad(), autocast(bf16):
+    with torch.no_grad(), autocast(bf16, "cuda" if device.startswith("cuda") else "cpu"):
         for start in range(0, len(examples), 128):
             inputs, labels = batch_tensors(examples[start : start + 128], pad_id)
+            inputs, labels = inputs.to(device), labels.to(device)
             total += float(model(input_ids=inputs, labels=labels).loss)
             count += 1
     model.train(was_training)
@@ -257,7 +272,7 @@ def held_out_loss(model: Any, examples: list[Example], pad_id: int, bf16: bool) 
 
 def main(
     out: Annotated[Path, typer.Option(help="Output directory (weights, tokenizer, training_log.jsonl).")],
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 3600,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 2800,
     batch_size: Annotated[int, typer.Option(help="Traces per step.")] = 64,
     train_traces: Annotated[int, typer.Option(help="Distinct training traces generated.")] = 250_000,
     seed: Annotated[int, typer.Option(help="Seed of data, initialisation and batch order.")] = 0,
@@ -266,6 +281,7 @@ def main(
     style: Annotated[
         str, typer.Option(help="JSON overrides of the data's TraceStyle, e.g. '{\"p_drill\": 0.06}'.")
     ] = "{}",
+    device: Annotated[str, typer.Option(help="cpu (the shipped model's) or cuda (to try data designs fast).")] = "cpu",
 ) -> None:
     """Train the toy demo reasoning model."""
     summary = train(
@@ -277,6 +293,7 @@ def main(
         threads=threads,
         precision=precision,
         style=TraceStyle(**json.loads(style)),
+        device=device,
     )
     print(json.dumps(summary))
 

@@ -1,0 +1,36 @@
+"""The design screen's rules and its committed table (the GPU runs themselves cannot run here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks.demo_design_screen import ROUNDS, best_arms, markdown
+from steering.models.arith import TraceStyle
+
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+
+
+def arm(accuracy: float, reflection: float, tokens: float) -> dict[str, float]:
+    return {"accuracy": accuracy, "reflection_rate": reflection, "mean_tokens": tokens}
+
+
+def test_down_and_up_rules_are_the_issues() -> None:
+    base = arm(0.80, 0.50, 100)
+    sweep = {
+        "-1.0": arm(0.771, 0.25, 80),  # down: half the reflection, -20 % tokens, -2.9 points
+        "-0.5": arm(0.76, 0.20, 70),  # -4 points: too costly
+        "0.5": arm(0.80, 0.75, 130),  # up: 1.5x reflection, accuracy kept
+        "1.0": arm(0.79, 0.90, 150),  # accuracy lost
+    }
+    assert best_arms(base, sweep) == {"down": "-1.0", "up": "0.5"}
+
+
+def test_every_design_is_a_valid_style_and_the_committed_table_is_current() -> None:
+    for plan in ROUNDS.values():
+        for design in plan["designs"].values():
+            TraceStyle(**design["style"])
+    rounds = json.loads((RESULTS / "demo_design_screen.json").read_text())
+    assert (RESULTS / "demo_design_screen.md").read_text() == markdown(rounds)
+    for number, entry in rounds.items():
+        assert {name: d["design"] for name, d in entry["designs"].items()} == ROUNDS[int(number)]["designs"]
