@@ -248,20 +248,12 @@ def run_design(name: str, design: dict[str, Any], plan: dict[str, Any], work: st
 
 
 def best_arms(base: dict[str, Any], sweep: dict[str, dict[str, Any]]) -> dict[str, str | None]:
-    """The issue's down and up rules applied to one sweep (the screen's numbers, not the shipped result)."""
-    down = [
-        s
-        for s, a in sweep.items()
-        if float(s) < 0
-        and a["reflection_rate"] <= 0.5 * base["reflection_rate"]
-        and a["mean_tokens"] <= 0.8 * base["mean_tokens"]
-        and a["accuracy"] >= base["accuracy"] - 0.03
-    ]
-    up = [
-        s
-        for s, a in sweep.items()
-        if float(s) > 0 and a["reflection_rate"] >= 1.5 * base["reflection_rate"] and a["accuracy"] >= base["accuracy"]
-    ]
+    """The issue's down and up rules (`reflection_demo.meets_down/up`) applied to one sweep (the screen's
+    numbers, not the shipped result)."""
+    from benchmarks.reflection_demo import meets_down, meets_up
+
+    down = [s for s, a in sweep.items() if float(s) < 0 and meets_down(a, base)]
+    up = [s for s, a in sweep.items() if float(s) > 0 and meets_up(a, base)]
     return {"down": ", ".join(down) or None, "up": ", ".join(up) or None}
 
 

@@ -29,27 +29,28 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.server_process import STEERSERVE, bench_env, demo_server  # noqa: E402
 
 
+def meets_down(arm: dict[str, Any], base: dict[str, Any]) -> bool:
+    """The issue's down rule: reflection <= 0.5x and mean tokens <= 0.8x baseline, accuracy >= baseline - 3 points."""
+    return (
+        arm["reflection_rate"] <= 0.5 * base["reflection_rate"]
+        and arm["mean_tokens"] <= 0.8 * base["mean_tokens"]
+        and arm["accuracy"] >= base["accuracy"] - 0.03
+    )
+
+
+def meets_up(arm: dict[str, Any], base: dict[str, Any]) -> bool:
+    """The issue's up rule: reflection >= 1.5x baseline, accuracy >= baseline."""
+    return arm["reflection_rate"] >= 1.5 * base["reflection_rate"] and arm["accuracy"] >= base["accuracy"]
+
+
 def check_targets(arms: list[dict[str, Any]]) -> dict[str, Any]:
     """The issue's targets, each with the numbers it was judged on."""
     refl = sorted((a for a in arms if a["vector"] == "reflection"), key=lambda a: a["strength"])
     base = next(a for a in refl if a["strength"] == 0)
     rates = [a["reflection_rate"] for a in refl]
     monotone = len(refl) >= 5 and all(x < y for x, y in zip(rates, rates[1:], strict=False))
-    downs = [
-        a
-        for a in refl
-        if a["strength"] < 0
-        and a["reflection_rate"] <= 0.5 * base["reflection_rate"]
-        and a["mean_tokens"] <= 0.8 * base["mean_tokens"]
-        and a["accuracy"] >= base["accuracy"] - 0.03
-    ]
-    ups = [
-        a
-        for a in refl
-        if a["strength"] > 0
-        and a["reflection_rate"] >= 1.5 * base["reflection_rate"]
-        and a["accuracy"] >= base["accuracy"]
-    ]
+    downs = [a for a in refl if a["strength"] < 0 and meets_down(a, base)]
+    ups = [a for a in refl if a["strength"] > 0 and meets_up(a, base)]
     randoms = [a for a in arms if a["vector"] == "random"]
     random_ok = [
         abs(a["reflection_rate"] - base["reflection_rate"]) <= 0.03

@@ -77,13 +77,18 @@ def native_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def device_kind(device: str) -> str:
+    """ "cuda" for any CUDA device ("cuda", "cuda:1"), else "cpu"."""
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
 def autocast(bf16: bool, device: str = "cpu") -> Any:
-    """bf16 autocast on `device` ("cpu" or "cuda"), or no autocast (fp32)."""
+    """bf16 autocast on `device` (any CPU or CUDA device), or no autocast (fp32)."""
     import contextlib
 
     import torch
 
-    return torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    return torch.autocast(device_kind(device), dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
@@ -159,7 +164,7 @@ def train(
     import torch
     import transformers
 
-    kind = "cuda" if device.startswith("cuda") else "cpu"
+    kind = device_kind(device)
     bf16 = precision == "bf16" or (precision == "auto" and (kind == "cuda" or native_bf16()))
     style = style or TraceStyle()
 
@@ -260,7 +265,7 @@ def held_out_loss(model: Any, examples: list[Example], pad_id: int, bf16: bool, 
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    with torch.no_grad(), autocast(bf16, "cuda" if device.startswith("cuda") else "cpu"):
+    with torch.no_grad(), autocast(bf16, device):
         for start in range(0, len(examples), 128):
             inputs, labels = batch_tensors(examples[start : start + 128], pad_id)
             inputs, labels = inputs.to(device), labels.to(device)
