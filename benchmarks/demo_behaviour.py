@@ -186,6 +186,7 @@ COLUMNS = (
 
 
 def write_results(rows: list[dict[str, Any]], args: argparse.Namespace, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/demo_behaviour.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     result = {"command": command, "split": args.split, "items": args.items, "temperature": args.temperature}
     (out / "demo_behaviour.json").write_text(json.dumps({**result, "rows": rows}, indent=2) + "\n")

@@ -51,7 +51,7 @@ def check_targets(arms: list[dict[str, Any]]) -> dict[str, Any]:
     monotone = len(refl) >= 5 and all(x < y for x, y in zip(rates, rates[1:], strict=False))
     downs = [a for a in refl if a["strength"] < 0 and meets_down(a, base)]
     ups = [a for a in refl if a["strength"] > 0 and meets_up(a, base)]
-    randoms = [a for a in arms if a["vector"] == "random"]
+    randoms = [a for a in arms if "cosine_with_vector" in a]  # every random control, plain or orthogonal
     random_ok = [
         abs(a["reflection_rate"] - base["reflection_rate"]) <= 0.03
         or a["reflection_delta_ci"][0] <= 0 <= a["reflection_delta_ci"][1]
@@ -73,7 +73,12 @@ def check_targets(arms: list[dict[str, Any]]) -> dict[str, Any]:
             "accuracy_gain_ci": best_up and best_up["delta_accuracy_ci"],
             "rule": "reflection >= 1.5x baseline, accuracy >= baseline",
         },
-        "random_controls_flat": {"met": bool(random_ok) and all(random_ok), "arms": [a["name"] for a in randoms]},
+        "random_controls_flat": {
+            "met": bool(random_ok) and all(random_ok),
+            "arms": [a["name"] for a in randoms],
+            "outside": [a["name"] for a, ok in zip(randoms, random_ok, strict=True) if not ok],
+            "rule": "|Δreflection| <= 3 points, or its paired 95 % CI includes 0",
+        },
     }
 
 
@@ -125,6 +130,14 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         _by_reflection_line(result["baseline_by_reflection"]),
         "",
+        "Random controls, each with its cosine with the reflection vector (the strength along the vector it implies): "
+        + "; ".join(
+            f"{a['name']} {a['cosine_with_vector']:+.4f} ({a['strength_along_vector']:+.4f})"
+            for a in result["arms"]
+            if "cosine_with_vector" in a
+        )
+        + ".",
+        "",
         "## Targets",
         "",
     ]
@@ -154,6 +167,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1)
     parser.add_argument("--strengths", default="-2,-1,-0.5,0,0.5,1,2")
     parser.add_argument("--random-strengths", default="-2,2")
+    parser.add_argument("--random-control", default="plain", help="plain | orthogonal | both (ab run --random-control)")
     parser.add_argument("--temperature", type=float, default=0.7, help="the toy's own default (its generation config)")
     parser.add_argument("--max-tokens", type=int, default=384)
     parser.add_argument("--concurrency", type=int, default=64)
@@ -172,6 +186,8 @@ def main() -> None:
             "reflection",
             f"--strengths={args.strengths}",
             f"--random-strengths={args.random_strengths}",
+            "--random-control",
+            args.random_control,
             "--dataset",
             "demo",
             "--limit",

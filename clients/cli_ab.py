@@ -27,6 +27,13 @@ def run_ab(
     random_strengths: Annotated[
         str, typer.Option(help="Strengths of the random equal-norm control direction ('' = none).")
     ] = "-1,1",
+    random_control: Annotated[
+        str,
+        typer.Option(
+            help="plain (a Gaussian direction), orthogonal (its component along the vector removed: no chance "
+            "overlap, which matters in small models) or both."
+        ),
+    ] = "plain",
     dataset: Annotated[str, typer.Option(help="'demo' or a JSONL path.")] = "demo",
     format: Annotated[str, typer.Option(help="auto | jsonl | math500 | gsm8k.")] = "auto",
     limit: Annotated[int | None, typer.Option(help="Items to use (demo default: 1000).")] = None,
@@ -57,6 +64,8 @@ def run_ab(
     from clients.ab.report import write_report
     from clients.ab.runner import RunConfig, config_json, run
 
+    if random_control not in ("plain", "orthogonal", "both"):
+        raise typer.BadParameter("plain | orthogonal | both", param_hint="--random-control")
     items = load_items(dataset, format, limit)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     if model is None:
@@ -78,6 +87,7 @@ def run_ab(
         api_key=api_key,
         admin_key=admin_key,
         term_fields=tuple(sorted(json.loads(term).items())) if term else (),
+        random_controls=("plain", "orthogonal") if random_control == "both" else (random_control,),
     )
     with Progress(
         "[progress.description]{task.description}",

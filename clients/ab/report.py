@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import binomtest
 
-from clients.ab.runner import ArmSpec
+from clients.ab.runner import RANDOM_CONTROLS, ArmSpec
 
 BOOTSTRAP = 2000
 
@@ -78,6 +78,9 @@ def summarize(arms: list[ArmSpec], rows: list[dict[str, Any]], seed: int = 0) ->
                 "mean_latency_s": round(float(np.mean([r["latency_s"] for r in own])), 4),
             }
         )
+        if arm.cosine is not None:  # a random control: its chance overlap with the vector, as a strength along it
+            out[-1]["cosine_with_vector"] = arm.cosine
+            out[-1]["strength_along_vector"] = round(arm.strength * arm.cosine, 6) + 0.0  # no "-0.0"
     return {"baseline": baseline.name, "arms": out}
 
 
@@ -119,6 +122,14 @@ def markdown(summary: dict[str, Any]) -> str:
             f"| {a['reflection_rate']:.3f} | [{a['reflection_delta_ci'][0]:+.3f}, {a['reflection_delta_ci'][1]:+.3f}] "
             f"| {a['truncation_rate']:.3f} |"
         )
+    controls = [a for a in summary["arms"] if "cosine_with_vector" in a]
+    if controls:
+        lines += ["", "Random controls (equal norm): cosine with the vector, and the strength along it:", ""]
+        lines += [
+            f"- {a['name']}: cosine {a['cosine_with_vector']:+.4f}, "
+            f"i.e. {a['strength_along_vector']:+.4f} of the vector"
+            for a in controls
+        ]
     lines += [
         "",
         "![accuracy vs tokens](accuracy_vs_tokens.png)",
@@ -138,7 +149,7 @@ def plot(summary: dict[str, Any], out_dir: Path) -> None:
     arms = summary["arms"]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for a in arms:
-        color = "tab:gray" if a["vector"] == "random" else "tab:blue"
+        color = "tab:gray" if "cosine_with_vector" in a else "tab:blue"
         lo, hi = a["accuracy_ci"]
         ax.errorbar(
             a["mean_tokens"], a["accuracy"], yerr=[[a["accuracy"] - lo], [hi - a["accuracy"]]], fmt="o", color=color
@@ -151,15 +162,13 @@ def plot(summary: dict[str, Any], out_dir: Path) -> None:
     fig.savefig(out_dir / "accuracy_vs_tokens.png", dpi=120)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for vector, style in (("random", "s--"), (None, "o-")):
-        chosen = sorted(
-            (a for a in arms if (a["vector"] == "random") == (vector == "random")), key=lambda a: a["strength"]
-        )
-        if vector == "random":
-            chosen = sorted(chosen + [a for a in arms if a["strength"] == 0], key=lambda a: a["strength"])
-        if chosen:
-            label = "random direction (control)" if vector == "random" else chosen[0]["vector"]
-            ax.plot([a["strength"] for a in chosen], [a["reflection_rate"] for a in chosen], style, label=label)
+    baseline = [a for a in arms if a["strength"] == 0]
+    controls = {label for _, label in RANDOM_CONTROLS.values()}
+    for vector in dict.fromkeys(a["vector"] for a in arms):
+        chosen = [a for a in arms if a["vector"] == vector] + (baseline if vector in controls else [])
+        chosen.sort(key=lambda a: a["strength"])
+        label, style = (f"{vector} direction (control)", "s--") if vector in controls else (vector, "o-")
+        ax.plot([a["strength"] for a in chosen], [a["reflection_rate"] for a in chosen], style, label=label)
     ax.set_xlabel("strength")
     ax.set_ylabel("reflection rate (responses with ≥ 1 keyword)")
     ax.legend()

@@ -1,6 +1,11 @@
 """Run arms (strengths of one vector, plus a random direction of equal norm as control) over a dataset through
 a steerserve server, with common seeds: the same item and sample index get the same sampling seed in every
-arm, so arms are compared pairwise."""
+arm, so arms are compared pairwise.
+
+The control comes plain (a Gaussian direction rescaled to the vector's per-layer norms) or orthogonal (the same
+direction with its component along the vector removed before rescaling). In a small model a plain random
+direction overlaps the vector by chance (cosine ~ 1/sqrt(hidden size)), so part of its effect is the vector's own;
+the orthogonal control removes that part. Each random arm records its cosine with the vector."""
 
 from __future__ import annotations
 
@@ -24,9 +29,14 @@ from clients.ab.grading import extract_answer, is_correct
 @dataclass(frozen=True)
 class ArmSpec:
     name: str
-    vector: str  # "reflection" style id of the studied vector, or "random"
+    vector: str  # "reflection" style id of the studied vector, "random" or "random-orthogonal"
     strength: float
     steering: list[dict[str, Any]] | None
+    cosine: float | None = None  # a random arm's cosine with the studied vector (all layers together)
+
+
+# --random-control: which random directions are run as controls, and their arms' name prefix and vector label.
+RANDOM_CONTROLS = {"plain": ("random", "random"), "orthogonal": ("random-orth", "random-orthogonal")}
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,7 @@ class RunConfig:
     api_key: str | None = None
     admin_key: str | None = None
     term_fields: tuple[tuple[str, Any], ...] = ()  # extra term fields for every steered arm (op, site, positions)
+    random_controls: tuple[str, ...] = ("plain",)  # keys of RANDOM_CONTROLS
 
 
 def sample_seed(item: Item, sample: int, seed: int) -> int:
@@ -52,28 +63,56 @@ def sample_seed(item: Item, sample: int, seed: int) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
-async def random_control(client: httpx.AsyncClient, vector: str, seed: int, headers: dict[str, str]) -> str:
-    """Upload a random direction with the vector's per-layer norms and defaults; returns its id."""
+def random_direction(
+    vector: dict[str, np.ndarray], seed: int, orthogonal: bool = False
+) -> tuple[dict[str, np.ndarray], float]:
+    """A random direction with `vector`'s per-layer norms (same seed, same direction whether orthogonal or not)
+    and its cosine with `vector` over all layers together. `orthogonal` removes each layer's component along
+    the vector before rescaling."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for name, values in sorted(vector.items()):
+        target = np.asarray(values, dtype=np.float64)
+        raw = rng.standard_normal(target.shape)
+        norm = float(np.linalg.norm(values))
+        if orthogonal and norm > 0:
+            raw = raw - (raw @ target) / (target @ target) * target
+        out[name] = np.asarray(raw * (norm / float(np.linalg.norm(raw))))
+    names = sorted(vector)
+    flat_v = np.concatenate([np.asarray(vector[n], dtype=np.float64) for n in names])
+    flat_r = np.concatenate([out[n] for n in names])
+    cosine = float(flat_r @ flat_v / max(1e-30, float(np.linalg.norm(flat_r) * np.linalg.norm(flat_v))))
+    return out, cosine
+
+
+async def random_control(
+    client: httpx.AsyncClient, vector: str, seed: int, headers: dict[str, str], orthogonal: bool = False
+) -> tuple[str, float]:
+    """Upload a random direction with the vector's per-layer norms and defaults; returns its id and its cosine
+    with the vector."""
     info = (await client.get(f"/v1/steering/vectors/{vector}")).raise_for_status().json()
     data = (await client.get(f"/v1/steering/vectors/{vector}/data")).raise_for_status().content
     tensors = load(io.BytesIO(data).getvalue())
-    rng = np.random.default_rng(seed)
-    layers = {}
-    for name, values in sorted(tensors.items()):
-        raw = rng.standard_normal(values.shape[0])
-        direction = np.asarray(raw * float(np.linalg.norm(values) / np.linalg.norm(raw)))
-        layers[name.split(".")[1]] = _b64(direction)
+    directions, cosine = random_direction(tensors, seed, orthogonal)
+    layers = {name.split(".")[1]: _b64(values) for name, values in directions.items()}
     defaults = dict(info["defaults"])
+    kind = "orthogonal random" if orthogonal else "random"
     body = {
-        "id": f"{vector}-random{seed}",
+        "id": f"{vector}-random{seed}" + ("-orth" if orthogonal else ""),
         "layers": layers,
-        "description": f"random direction with the per-layer norms of {vector} v{info['version']} (A/B control)",
+        "description": f"{kind} direction with the per-layer norms of {vector} v{info['version']} (A/B control)",
         "defaults": {k: defaults[k] for k in ("op", "site", "positions", "strength", "layers") if k in defaults},
-        "provenance": {"random_control_of": vector, "version": info["version"], "seed": seed},
+        "provenance": {
+            "random_control_of": vector,
+            "version": info["version"],
+            "seed": seed,
+            "orthogonal": orthogonal,
+            "cosine": round(cosine, 6),
+        },
     }
     created = await client.post("/v1/steering/vectors", json=body, headers=headers)
     created.raise_for_status()
-    return str(body["id"])
+    return str(body["id"]), cosine
 
 
 def _b64(values: np.ndarray) -> str:
@@ -102,16 +141,19 @@ async def post_with_retry(
     raise AssertionError("unreachable")
 
 
-def build_arms(config: RunConfig, random_id: str | None) -> list[ArmSpec]:
+def build_arms(config: RunConfig, controls: dict[str, tuple[str, float]]) -> list[ArmSpec]:
+    """The vector's arms (the baseline, strength 0, always), then each random control's (`controls`: kind ->
+    uploaded id and cosine)."""
     extra = dict(config.term_fields)
     arms = []
     for strength in sorted(set(config.strengths) | {0.0}):
         steering = None if strength == 0 else [{"vector": config.vector, "strength": strength, **extra}]
         arms.append(ArmSpec(f"{config.vector}@{strength:g}", config.vector, float(strength), steering))
-    if random_id is not None:
+    for kind, (random_id, cosine) in controls.items():
+        prefix, label = RANDOM_CONTROLS[kind]
         for strength in sorted(set(config.random_strengths) - {0.0}):
             steering = [{"vector": random_id, "strength": strength, **extra}]
-            arms.append(ArmSpec(f"random@{strength:g}", "random", float(strength), steering))
+            arms.append(ArmSpec(f"{prefix}@{strength:g}", label, float(strength), steering, round(cosine, 6) + 0.0))
     return arms
 
 
@@ -128,8 +170,11 @@ async def run(
     timeout = httpx.Timeout(600.0, connect=10.0)
     limits = httpx.Limits(max_connections=config.concurrency)
     async with httpx.AsyncClient(base_url=config.base_url, headers=headers, timeout=timeout, limits=limits) as client:
-        random_id = await random_control(client, config.vector, config.seed, admin) if config.random_strengths else None
-        arms = build_arms(config, random_id)
+        controls = {
+            kind: await random_control(client, config.vector, config.seed, admin, orthogonal=kind == "orthogonal")
+            for kind in (config.random_controls if config.random_strengths else ())
+        }
+        arms = build_arms(config, controls)
         jobs = [(item, k, arm) for item in items for k in range(config.samples) for arm in arms]
         gate = asyncio.Semaphore(config.concurrency)
         rows: list[dict[str, Any]] = []

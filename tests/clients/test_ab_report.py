@@ -10,7 +10,7 @@ import numpy as np
 from clients.ab.datasets import load_items
 from clients.ab.grading import extract_answer, is_correct
 from clients.ab.report import summarize, write_report
-from clients.ab.runner import RunConfig, build_arms
+from clients.ab.runner import RunConfig, build_arms, random_direction
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -33,8 +33,9 @@ def test_published_layouts_load() -> None:
 
 def test_arms_and_statistics(tmp_path: Path) -> None:
     config = RunConfig("http://x", "m", "reflection", (-1.0, 1.0), (1.0,))
-    arms = build_arms(config, "reflection-random0")
+    arms = build_arms(config, {"plain": ("reflection-random0", 0.05)})
     assert [a.name for a in arms] == ["reflection@-1", "reflection@0", "reflection@1", "random@1"]
+    assert arms[-1].cosine == 0.05 and arms[0].cosine is None
     rng = np.random.default_rng(1)
     rows = []
     for item in range(1000):
@@ -63,10 +64,41 @@ def test_arms_and_statistics(tmp_path: Path) -> None:
     assert by["reflection@-1"]["delta_tokens_pct"] == -20.0 and by["reflection@1"]["reflection_rate"] == 1.0
     lo, hi = by["random@1"]["reflection_delta_ci"]
     assert lo < 0 < hi and by["random@1"]["mcnemar_p"] == 1.0
+    assert by["random@1"]["strength_along_vector"] == 0.05 and "cosine_with_vector" not in by["reflection@1"]
     written = write_report(tmp_path, arms, rows, {"seed": 0}, "steerserve ab run")
     assert (tmp_path / "accuracy_vs_tokens.png").stat().st_size > 1000
-    assert (tmp_path / "reflection_vs_strength.png").exists() and "| reflection@1 |" in (
-        tmp_path / "report.md"
-    ).read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert (tmp_path / "reflection_vs_strength.png").exists() and "| reflection@1 |" in report
+    assert "- random@1: cosine +0.0500, i.e. +0.0500 of the vector" in report
     assert json.loads((tmp_path / "summary.json").read_text())["arms"] == written["arms"]
     assert sum(1 for _ in (tmp_path / "results.jsonl").open()) == len(rows)
+
+
+def test_random_controls_have_the_vector_norms_and_the_orthogonal_one_no_overlap() -> None:
+    rng = np.random.default_rng(7)
+    vector: dict[str, np.ndarray] = {
+        "layer.3": rng.standard_normal(64).astype(np.float32) * 5,
+        "layer.5": rng.standard_normal(64) * 2,
+    }
+    plain, cos_plain = random_direction(vector, seed=0)
+    orth, cos_orth = random_direction(vector, seed=0, orthogonal=True)
+    for name, values in vector.items():
+        assert np.isclose(np.linalg.norm(plain[name]), np.linalg.norm(values))
+        assert np.isclose(np.linalg.norm(orth[name]), np.linalg.norm(values))
+        assert abs(float(orth[name] @ values)) < 1e-9 * float(np.linalg.norm(values)) ** 2
+    assert abs(cos_orth) < 1e-9 and 0.01 < abs(cos_plain) < 0.5  # a chance overlap of order 1/sqrt(128)
+    flat = np.concatenate([vector["layer.3"], vector["layer.5"]])
+    flat_plain = np.concatenate([plain["layer.3"], plain["layer.5"]])
+    assert np.isclose(cos_plain, flat_plain @ flat / np.linalg.norm(flat_plain) / np.linalg.norm(flat))
+    again, _ = random_direction(vector, seed=0)
+    assert all(np.array_equal(again[n], plain[n]) for n in vector)  # seeded
+    arms = build_arms(
+        RunConfig("http://x", "m", "reflection", (1.0,), (-1.0, 1.0), random_controls=("plain", "orthogonal")),
+        {"plain": ("r0", cos_plain), "orthogonal": ("r0-orth", cos_orth)},
+    )
+    assert [(a.name, a.vector) for a in arms[2:]] == [
+        ("random@-1", "random"),
+        ("random@1", "random"),
+        ("random-orth@-1", "random-orthogonal"),
+        ("random-orth@1", "random-orthogonal"),
+    ]

@@ -130,3 +130,20 @@ def test_training_script_runs_a_few_steps(tmp_path: Path) -> None:
     assert sum(p.numel() for p in model.parameters()) < 5_000_000
     generation = json.loads((tmp_path / "generation_config.json").read_text())
     assert generation["temperature"] == DEMO_TEMPERATURE and generation["do_sample"] is True
+
+
+def test_eager_attention_trains_the_same_model_with_other_rounding(tmp_path: Path) -> None:
+    import pytest
+
+    from steering.models.demo_train import train
+
+    first = {}
+    for attention in ("sdpa", "eager"):
+        train(tmp_path / attention, steps=1, batch_size=8, train_traces=300, log_every=1, attention=attention)
+        lines = [json.loads(x) for x in (tmp_path / attention / "training_log.jsonl").read_text().splitlines()]
+        assert lines[0]["attention"] == attention
+        first[attention] = lines[1]["loss"]
+    # Same initialisation and batch: the first loss agrees to bf16 rounding, not bit for bit.
+    assert first["eager"] == pytest.approx(first["sdpa"], rel=1e-2)
+    with pytest.raises(ValueError, match="attention"):
+        train(tmp_path / "bad", steps=1, batch_size=8, train_traces=300, attention="flash")
