@@ -28,22 +28,21 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from clients.ab.report import boot_ci, bootstrap_draws  # noqa: E402
+
 DEMO = ROOT / "steering" / "models" / "demo"
 
 
 def arm_effects(reflected: dict[str, np.ndarray], base: str, seed: int = 0) -> dict[str, dict[str, Any]]:
     """Per arm: reflection rate, and its difference from `base` with a paired-bootstrap 95 % CI over problems."""
-    rng = np.random.default_rng(seed)
-    n = len(reflected[base])
-    draws = rng.integers(0, n, size=(2000, n))
+    draws = bootstrap_draws(len(reflected[base]), seed)
     out = {}
     for name, flags in reflected.items():
         diff = flags.astype(float) - reflected[base].astype(float)
-        lo, hi = np.percentile(diff[draws].mean(axis=1), [2.5, 97.5])
         out[name] = {
             "reflection_rate": round(float(flags.mean()), 4),
             "delta": round(float(diff.mean()), 4),
-            "delta_ci": [round(float(lo), 4), round(float(hi), 4)],
+            "delta_ci": boot_ci(diff, draws),
         }
     return out
 

@@ -31,7 +31,13 @@ def _matrix(rows: list[dict[str, Any]], arms: list[ArmSpec], field: str) -> tupl
     return items, total / np.maximum(count, 1)
 
 
-def _boot_ci(values: np.ndarray, draws: np.ndarray) -> list[float]:
+def bootstrap_draws(items: int, seed: int) -> np.ndarray:
+    """Resampled item indices, `BOOTSTRAP` x `items`; shared by every arm, so differences are paired."""
+    return np.random.default_rng(seed).integers(0, items, size=(BOOTSTRAP, items))
+
+
+def boot_ci(values: np.ndarray, draws: np.ndarray) -> list[float]:
+    """95 % percentile-bootstrap CI of the mean of per-item `values` over `draws`."""
     means = values[draws].mean(axis=1)
     lo, hi = np.percentile(means, [2.5, 97.5])
     return [round(float(lo), 4), round(float(hi), 4)]
@@ -42,8 +48,7 @@ def summarize(arms: list[ArmSpec], rows: list[dict[str, Any]], seed: int = 0) ->
     b = arms.index(baseline)
     _, correct = _matrix(rows, arms, "correct")
     _, reflected = _matrix(rows, arms, "reflected")
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, correct.shape[0], size=(BOOTSTRAP, correct.shape[0]))  # items, shared by all arms
+    draws = bootstrap_draws(correct.shape[0], seed)
     by_arm: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_arm[r["arm"]].append(r)
@@ -64,15 +69,15 @@ def summarize(arms: list[ArmSpec], rows: list[dict[str, Any]], seed: int = 0) ->
                 "n": len(own),
                 "items": int(correct.shape[0]),
                 "accuracy": round(float(np.mean([r["correct"] for r in own])), 4),
-                "accuracy_ci": _boot_ci(correct[:, j], draws),
+                "accuracy_ci": boot_ci(correct[:, j], draws),
                 "delta_accuracy": round(float(correct[:, j].mean() - correct[:, b].mean()), 4),
-                "delta_accuracy_ci": _boot_ci(correct[:, j] - correct[:, b], draws),
+                "delta_accuracy_ci": boot_ci(correct[:, j] - correct[:, b], draws),
                 "mcnemar_p": round(float(p), 6),
                 "mean_tokens": round(float(tokens.mean()), 2),
                 "median_tokens": float(np.median(tokens)),
                 "delta_tokens_pct": round(100 * (float(tokens.mean()) - base_tokens) / base_tokens, 2),
                 "reflection_rate": round(float(np.mean([r["reflected"] for r in own])), 4),
-                "reflection_delta_ci": _boot_ci(reflected[:, j] - reflected[:, b], draws),
+                "reflection_delta_ci": boot_ci(reflected[:, j] - reflected[:, b], draws),
                 "markers_per_1k_tokens": round(1000 * sum(r["markers"] for r in own) / max(1.0, tokens.sum()), 3),
                 "truncation_rate": round(float(np.mean([r["finish_reason"] == "length" for r in own])), 4),
                 "mean_latency_s": round(float(np.mean([r["latency_s"] for r in own])), 4),
