@@ -68,6 +68,23 @@ ROUNDS: dict[int, dict[str, Any]] = {
             "s5_v5_catch99": {"style": {**V5, "p_catch": 0.99, "p_recheck": 0.2}, "temperature": 0.7},
         },
     },
+    # Round 3 (not yet run): does a recipe cheap enough for 45 min on a slow CPU day (eager attention, 2,000
+    # steps) notice its slips on every seed? The bundled design against forgotten-carry drills on hard steps
+    # (untrained, so the learned slip rate stays 0.25). One CPU run of the drill design, seed 0, did not notice
+    # its slips at any checkpoint (`demo_hard_drills_cpu.md`); the probe column says which seeds and designs do.
+    3: {
+        "steps": 2000,
+        "items": 1000,
+        "temperatures": [0.7],
+        "strengths": [-0.75, -0.5, -0.25, 0.25, 0.5],
+        "layers_from_top": [1],
+        "min_tails": [10],
+        "designs": {
+            f"{name}_seed{seed}": {"style": style, "temperature": 0.7, "seed": seed, "attention": "eager"}
+            for name, style in (("t1_bundled", {}), ("t2_hard_drills", {"p_error": 0.1875, "p_drill_hard": 0.25}))
+            for seed in (0, 1, 2)
+        },
+    },
 }
 
 
@@ -218,8 +235,11 @@ def run_design(name: str, design: dict[str, Any], plan: dict[str, Any], work: st
         layers=layers,
         seed=design.get("seed", 0),
         log_every=100,
+        attention=design.get("attention", "sdpa"),
     )
     result: dict[str, Any] = {"name": name, "design": design, "train": summary, "train_s": round(time.time() - started)}
+    probes = [r["p_wait"] for r in map(json.loads, (model_dir / "training_log.jsonl").open()) if "p_wait" in r]
+    result["p_wait"] = probes[-1] if probes else None  # the trained model's teacher-forced slip-noticing probe
 
     def dump() -> None:
         result["total_s"] = round(time.time() - started)
@@ -257,6 +277,12 @@ def best_arms(base: dict[str, Any], sweep: dict[str, dict[str, Any]]) -> dict[st
     return {"down": ", ".join(down) or None, "up": ", ".join(up) or None}
 
 
+def probe_cell(p_wait: dict[str, float | None] | None) -> str:
+    if not p_wait or p_wait.get("slip") is None or p_wait.get("right_hard") is None:
+        return "–"
+    return f"{p_wait['slip']:.2f} / {p_wait['right_hard']:.2f}"
+
+
 def markdown(rounds: dict[str, Any]) -> str:
     lines = [
         "# Toy demo data designs, screened on a GPU",
@@ -266,9 +292,12 @@ def markdown(rounds: dict[str, Any]) -> str:
         "means from the model's own traces at the last layer's MLP output, added at `\\n\\n` (the `add` op). A",
         "screen, not the shipped result: `reflection_demo.md` has that, through the real server.",
         "",
+        "The probe column is `steering.models.demo_probe` at the end of training (teacher-forced P(Wait) after a",
+        "slip / after a right hard step, on held-out traces; rounds before 3 predate it).",
+        "",
         "| round | design | T | accuracy | reflection | tokens | P(reflect \\| slip) | P(reflect \\| right step) "
-        "| acc. reflective / not | strengths meeting down / up rules |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| acc. reflective / not | strengths meeting down / up rules | probe: slip / right hard |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for number, entry in rounds.items():
         for name, r in entry["designs"].items():
@@ -282,7 +311,7 @@ def markdown(rounds: dict[str, Any]) -> str:
                 f"| {base['mean_tokens']:.1f} | {base['p_reflect_after_wrong']:.2f} "
                 f"| {base['p_reflect_after_right']:.2f} "
                 f"| {base['accuracy_reflective']:.3f} / {base['accuracy_non_reflective']:.3f} "
-                f"| {best['down'] or '–'} / {best['up'] or '–'} |"
+                f"| {best['down'] or '–'} / {best['up'] or '–'} | {probe_cell(r.get('p_wait'))} |"
             )
     lines += ["", "Commands:", ""] + [
         f"- round {n}: `{e['command']}`" + (f" — {e['note']}" if e.get("note") else "") for n, e in rounds.items()

@@ -70,8 +70,9 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     for name, arm in result["arms"].items():
-        cos = "" if arm.get("cosine") is None else f"{arm['cosine']:+.4f}"
-        along = f"{arm['along']:+.4f}"
+        # round first, then add 0.0: a cosine of -1e-8 (an orthogonal direction) prints +0.0000, not -0.0000
+        cos = "" if arm.get("cosine") is None else f"{round(arm['cosine'], 4) + 0.0:+.4f}"
+        along = f"{round(arm['along'], 4) + 0.0:+.4f}"
         lines.append(
             f"| {name} | {cos} | {along} | {arm['reflection_rate']:.3f} "
             f"| {arm['delta']:+.3f} [{arm['delta_ci'][0]:+.3f}, {arm['delta_ci'][1]:+.3f}] |"

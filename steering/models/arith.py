@@ -19,8 +19,9 @@ A problem is a chain such as ``37+48-19+26``. A trace solves it one step per ``\
 So fewer reflections save many tokens for little accuracy, while more reflections catch more slips. The
 knobs kept for other designs (off in the bundled data): untrained drills on any step (`p_drill`), long
 *reviews* of every step so far (`p_review`), *pointers* (each step line names the next operation,
-``37+48=85, next -19`` … ``, done``), slips on any step by a random offset (`carry_slips=False`), and a
-separate re-check rate for hard steps (`p_recheck_hard`). The previous bundled model used
+``37+48=85, next -19`` … ``, done``), slips on any step by a random offset (`carry_slips=False`), a
+separate re-check rate for hard steps (`p_recheck_hard`), and forgotten-carry drills on hard steps
+(`p_drill_hard`). The previous bundled model used
 ``{"carry_slips": false, "p_error": 0.03, "p_catch": 0.85, "p_recheck": 0.15, "p_again": 0.5}``.
 No torch here: the generator also serves the bundled demo set.
 """
@@ -48,6 +49,7 @@ class TraceStyle:
     p_recheck: float = 0.2  # after a right step: redundant re-check that confirms it
     p_again: float = 0.9  # after a redundant re-check: verify once more with the inverse operation
     p_drill_easy: float = 0.25  # with carry_slips: an easy step shown wrong (a correction drill, see below)
+    p_drill_hard: float = 0.0  # with carry_slips: a hard step shown with its carry forgotten (a drill)
     # Off in the bundled model's data:
     p_drill: float = 0.0  # a right step shown wrong (its digits untrained), then re-checked and fixed
     p_review: float = 0.0  # after a redundant re-check, from the second step on: go over every step so far
@@ -147,8 +149,10 @@ def trace(problem: Problem, rng: random.Random, style: TraceStyle = TraceStyle()
         can_slip = hard or not style.carry_slips
         draw = rng.random()
         slip = can_slip and draw < style.p_error
-        drill = not slip and draw < (style.p_error if can_slip else style.p_drill_easy) + style.p_drill
-        if style.carry_slips and slip:
+        hard_drills = style.p_drill_hard if style.carry_slips else 0.0  # can_slip with carry_slips: a hard step
+        drill = not slip and draw < (style.p_error + hard_drills if can_slip else style.p_drill_easy) + style.p_drill
+        hard_drill = drill and can_slip and draw < style.p_error + hard_drills
+        if style.carry_slips and (slip or hard_drill):
             written = forgot_carry(right, op)
         else:
             written = _wrong(right, rng) if slip or drill else right

@@ -5,6 +5,7 @@ a rerun on another day reproduced the log's losses to 4 decimals at ~1.0 s/step 
 where emulated bf16 would be ~25x slower. ``--attention eager`` trains ~1.3x faster on CPU (39.7 min, 0.82 s/step),
 but its different rounding gives a different model (see the demo README). ``--device cuda`` trains it in minutes
 on a GPU, for trying data designs (`benchmarks/demo_design_screen.py`); the bundled weights come from the CPU run.
+Each held-out evaluation also logs `p_wait`, whether the model notices its slips (`steering.models.demo_probe`).
 
 A 4-layer Llama (hidden 256, ~3.2 M parameters, tied embeddings, ~13 MB fp32) learns the synthetic traces of
 `steering.models.arith`: step-by-step chain arithmetic inside ``<think>`` with occasional errors and
@@ -25,6 +26,7 @@ from typing import Annotated, Any
 import typer
 
 from steering.models.arith import THINK_CLOSE, THINK_OPEN, Trace, TraceStyle, problems, trace
+from steering.models.demo_probe import reflection_propensity
 from steering.models.tiny import CHAT_TEMPLATE
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -251,6 +253,8 @@ def train(
             }
             if (step + 1) % (log_every * 10) == 0 or step + 1 == steps:
                 record["held_out_loss"] = round(held_out_loss(model, held, tokenizer.pad_token_id, bf16, device), 4)
+                # Does it notice its slips yet? (teacher-forced; reads the model only, so training is unchanged)
+                record["p_wait"] = reflection_propensity(model, tokenizer, held_out[:256], bf16, device)["p_wait"]
             log.write(json.dumps(record) + "\n")
             log.flush()
             print(json.dumps(record), flush=True)

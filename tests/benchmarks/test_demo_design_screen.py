@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks.demo_design_screen import ROUNDS, best_arms, markdown
+from benchmarks.demo_design_screen import ROUNDS, best_arms, markdown, probe_cell
 from steering.models.arith import TraceStyle
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
@@ -34,3 +34,12 @@ def test_every_design_is_a_valid_style_and_the_committed_table_is_current() -> N
     assert (RESULTS / "demo_design_screen.md").read_text() == markdown(rounds)
     for number, entry in rounds.items():
         assert {name: d["design"] for name, d in entry["designs"].items()} == ROUNDS[int(number)]["designs"]
+
+
+def test_the_probe_column_shows_slip_against_right_hard_steps_where_measured() -> None:
+    assert probe_cell({"slip": 0.4379, "drill": 0.39, "right_hard": 0.4259, "right_easy": 0.39}) == "0.44 / 0.43"
+    assert probe_cell(None) == "–" and probe_cell({"slip": None, "right_hard": 0.2}) == "–"
+    # round 3 screens the cheap recipe (eager attention, 2,000 steps) over three seeds of each design
+    designs = ROUNDS[3]["designs"]
+    assert ROUNDS[3]["steps"] == 2000 and all(d["attention"] == "eager" for d in designs.values())
+    assert sorted(d["seed"] for d in designs.values()) == [0, 0, 1, 1, 2, 2]

@@ -123,6 +123,8 @@ def test_training_script_runs_a_few_steps(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in (tmp_path / "training_log.jsonl").read_text().splitlines()]
     assert lines[0]["event"] == "start" and [r["step"] for r in lines[1:-1]] == [1, 2, 3]
     assert summary["held_out_loss"] > 0
+    # the last step's record carries the held-out loss and the slip-noticing probe (steering.models.demo_probe)
+    assert set(lines[-2]["p_wait"]) == {"slip", "drill", "right_hard", "right_easy"} and "held_out_loss" in lines[-2]
     tokenizer = AutoTokenizer.from_pretrained(str(tmp_path))
     for piece in ("\n\n", "Wait", "<think>", "</think>"):
         assert len(tokenizer.encode(piece, add_special_tokens=False)) == 1, piece
@@ -147,3 +149,34 @@ def test_eager_attention_trains_the_same_model_with_other_rounding(tmp_path: Pat
     assert first["eager"] == pytest.approx(first["sdpa"], rel=1e-2)
     with pytest.raises(ValueError, match="attention"):
         train(tmp_path / "bad", steps=1, batch_size=8, train_traces=300, attention="flash")
+
+
+def test_hard_drills_show_forgotten_carries_untrained_and_keep_the_learned_slip_rate() -> None:
+    from steering.models.arith import forgot_carry, is_hard
+
+    rng = random.Random(4)
+    style = TraceStyle(p_error=0.1875, p_drill_hard=0.25)
+    slips = hard_drills = hard_right = 0
+    for problem in problems(0, 3000, "train", style):
+        t = trace(problem, rng, style)
+        untrained = {(a, b) for a, b in t.untrained}
+        for step in re.finditer(r"^(\d+)([+-])(\d+)=(\d+)$", t.text, flags=re.M):
+            a, op, b, written = int(step[1]), step[2], int(step[3]), int(step[4])
+            if not is_hard(a, op, b):
+                continue
+            right = a + b if op == "+" else a - b
+            shown_untrained = step.span(4) in untrained
+            if written == right:
+                hard_right += 1
+                continue
+            assert written == forgot_carry(right, op)  # slips and hard drills alike forget the carry
+            hard_drills += shown_untrained
+            slips += not shown_untrained
+            if shown_untrained:  # a drill is always caught
+                assert t.text[step.end() :].startswith(f"\n\nWait, let me re-check: {a}{op}{b} = ")
+    assert 0.22 < hard_drills / (slips + hard_drills + hard_right) < 0.28
+    # what the model is trained to write on a hard step: a slip 25 % of the time, as with the default data
+    assert 0.22 < slips / (slips + hard_right) < 0.28
+    # the knob is off by default and only applies to carry slips
+    plain = TraceStyle(carry_slips=False, p_error=0.03, p_drill_hard=0.5)
+    assert all(not trace(p, random.Random(0), plain).untrained for p in problems(0, 200, "train", plain))

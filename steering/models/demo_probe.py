@@ -1,0 +1,102 @@
+"""Does the toy notice its slips? A teacher-forced probe of the demo model, cheap enough to log during training.
+
+On held-out traces, the model's probability that the next line starts a reflection ("Wait") is read at the
+``\\n\\n`` that ends each step line, and averaged by kind of step: a slip (a hard step with its carry forgotten),
+a drill's shown error (an easy step written wrong), a right hard step and a right easy step. A model that
+notices its slips puts far more weight on "Wait" after a slip than after a right hard step; one that does not
+reflects at the same rate after both, and then reflecting more (steering up) catches few extra slips.
+``python -m steering.models.demo_probe --model-dir steering/models/demo`` measures a saved model.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from steering.models.arith import Trace, TraceStyle, is_hard, problems, trace
+
+STEP_LINE = re.compile(r"(\d+)([+-])(\d+)=(\d+)\n\n")
+KINDS = ("slip", "drill", "right_hard", "right_easy")
+
+
+def step_ends(problem_text: str, t: Trace) -> list[tuple[int, str]]:
+    """(character offset in `t.text` of the ``\\n\\n`` ending each step line, the step's kind)."""
+    out: list[tuple[int, str]] = []
+    for match in STEP_LINE.finditer(t.text):
+        if match.start() > 0 and t.text[match.start() - 1] != "\n":
+            continue  # a number inside a re-check line, not a step line
+        a, op, b, written = int(match[1]), match[2], int(match[3]), int(match[4])
+        right = a + b if op == "+" else a - b
+        hard = is_hard(a, op, b)
+        kind = ("right_hard" if hard else "right_easy") if written == right else ("slip" if hard else "drill")
+        out.append((match.end() - 2, kind))
+    return out
+
+
+def reflection_propensity(
+    model: Any, tokenizer: Any, pairs: list[tuple[str, Trace]], bf16: bool = False, device: str = "cpu"
+) -> dict[str, Any]:
+    """Mean teacher-forced P(next line starts with "Wait") after each kind of step line, and their counts."""
+    import torch
+
+    from steering.models.demo_train import autocast, user_prompt
+
+    wait_id = tokenizer("Wait", add_special_tokens=False)["input_ids"][0]
+    sums = dict.fromkeys(KINDS, 0.0)
+    counts = dict.fromkeys(KINDS, 0)
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(pairs), 128):
+        part = pairs[start : start + 128]
+        rows: list[tuple[list[int], list[tuple[int, str]]]] = []
+        for problem_text, t in part:
+            prompt = tokenizer(user_prompt(problem_text), add_special_tokens=False)["input_ids"]
+            encoded = tokenizer(t.text, add_special_tokens=False, return_offsets_mapping=True)
+            ends = dict(step_ends(problem_text, t))
+            positions = [(len(prompt) + i, ends[s]) for i, (s, _) in enumerate(encoded["offset_mapping"]) if s in ends]
+            rows.append((list(prompt) + list(encoded["input_ids"]), positions))
+        width = max(len(ids) for ids, _ in rows)
+        inputs = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+        for r, (ids, _) in enumerate(rows):
+            inputs[r, : len(ids)] = torch.tensor(ids)
+        with torch.no_grad(), autocast(bf16, device):
+            logits = model(input_ids=inputs.to(device)).logits.float()
+        probs = torch.softmax(logits[..., :], dim=-1)[..., wait_id].cpu()
+        for r, (_, positions) in enumerate(rows):
+            for position, kind in positions:
+                sums[kind] += float(probs[r, position])
+                counts[kind] += 1
+    model.train(was_training)
+    means = {kind: round(sums[kind] / counts[kind], 4) if counts[kind] else None for kind in KINDS}
+    return {"p_wait": means, "steps": counts}
+
+
+def held_out_pairs(seed: int, count: int, style: TraceStyle | None = None) -> list[tuple[str, Trace]]:
+    """Extract-split problems with traces sampled in the data's proportions (seeded)."""
+    style = style or TraceStyle()
+    rng = random.Random(seed)
+    return [(p.text, trace(p, rng, style)) for p in problems(seed, count, "extract", style)]
+
+
+def main(
+    model_dir: Annotated[Path, typer.Option(help="A saved demo model (weights and tokenizer).")],
+    traces: Annotated[int, typer.Option(help="Held-out (extract-split) traces to read.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of the problems and traces.")] = 0,
+) -> None:
+    """Print the model's teacher-forced reflection propensity by kind of step, as JSON."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(2)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    print(json.dumps(reflection_propensity(model, tokenizer, held_out_pairs(seed, traces))))
+
+
+if __name__ == "__main__":
+    typer.run(main)
