@@ -238,7 +238,8 @@ def run_design(name: str, design: dict[str, Any], plan: dict[str, Any], work: st
         attention=design.get("attention", "sdpa"),
     )
     result: dict[str, Any] = {"name": name, "design": design, "train": summary, "train_s": round(time.time() - started)}
-    probes = [r["p_wait"] for r in map(json.loads, (model_dir / "training_log.jsonl").open()) if "p_wait" in r]
+    log_records = map(json.loads, (model_dir / "training_log.jsonl").read_text().splitlines())
+    probes = [r["p_wait"] for r in log_records if "p_wait" in r]
     result["p_wait"] = probes[-1] if probes else None  # the trained model's teacher-forced slip-noticing probe
 
     def dump() -> None:

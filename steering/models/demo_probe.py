@@ -24,11 +24,11 @@ STEP_LINE = re.compile(r"(\d+)([+-])(\d+)=(\d+)\n\n")
 KINDS = ("slip", "drill", "right_hard", "right_easy")
 
 
-def step_ends(problem_text: str, t: Trace) -> list[tuple[int, str]]:
-    """(character offset in `t.text` of the ``\\n\\n`` ending each step line, the step's kind)."""
+def step_ends(text: str) -> list[tuple[int, str]]:
+    """(character offset in a trace's `text` of the ``\\n\\n`` ending each step line, the step's kind)."""
     out: list[tuple[int, str]] = []
-    for match in STEP_LINE.finditer(t.text):
-        if match.start() > 0 and t.text[match.start() - 1] != "\n":
+    for match in STEP_LINE.finditer(text):
+        if match.start() > 0 and text[match.start() - 1] != "\n":
             continue  # a number inside a re-check line, not a step line
         a, op, b, written = int(match[1]), match[2], int(match[3]), int(match[4])
         right = a + b if op == "+" else a - b
@@ -44,7 +44,7 @@ def reflection_propensity(
     """Mean teacher-forced P(next line starts with "Wait") after each kind of step line, and their counts."""
     import torch
 
-    from steering.models.demo_train import autocast, user_prompt
+    from steering.models.demo_train import autocast, pad_ids, user_prompt
 
     wait_id = tokenizer("Wait", add_special_tokens=False)["input_ids"][0]
     sums = dict.fromkeys(KINDS, 0.0)
@@ -53,21 +53,20 @@ def reflection_propensity(
     model.eval()
     for start in range(0, len(pairs), 128):
         part = pairs[start : start + 128]
-        rows: list[tuple[list[int], list[tuple[int, str]]]] = []
-        for problem_text, t in part:
-            prompt = tokenizer(user_prompt(problem_text), add_special_tokens=False)["input_ids"]
-            encoded = tokenizer(t.text, add_special_tokens=False, return_offsets_mapping=True)
-            ends = dict(step_ends(problem_text, t))
-            positions = [(len(prompt) + i, ends[s]) for i, (s, _) in enumerate(encoded["offset_mapping"]) if s in ends]
-            rows.append((list(prompt) + list(encoded["input_ids"]), positions))
-        width = max(len(ids) for ids, _ in rows)
-        inputs = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-        for r, (ids, _) in enumerate(rows):
-            inputs[r, : len(ids)] = torch.tensor(ids)
+        prompts = tokenizer([user_prompt(p) for p, _ in part], add_special_tokens=False)["input_ids"]
+        completions = tokenizer([t.text for _, t in part], add_special_tokens=False, return_offsets_mapping=True)
+        rows: list[list[int]] = []
+        reads: list[list[tuple[int, str]]] = []  # per row: (token position, kind of the step it ends)
+        for prompt, ids, offsets, (_, t) in zip(
+            prompts, completions["input_ids"], completions["offset_mapping"], part, strict=True
+        ):
+            ends = dict(step_ends(t.text))
+            reads.append([(len(prompt) + i, ends[s]) for i, (s, _) in enumerate(offsets) if s in ends])
+            rows.append(list(prompt) + list(ids))
         with torch.no_grad(), autocast(bf16, device):
-            logits = model(input_ids=inputs.to(device)).logits.float()
-        probs = torch.softmax(logits[..., :], dim=-1)[..., wait_id].cpu()
-        for r, (_, positions) in enumerate(rows):
+            logits = model(input_ids=pad_ids(rows, tokenizer.pad_token_id).to(device)).logits.float()
+        probs = torch.softmax(logits, dim=-1)[..., wait_id].cpu()
+        for r, positions in enumerate(reads):
             for position, kind in positions:
                 sums[kind] += float(probs[r, position])
                 counts[kind] += 1

@@ -133,16 +133,23 @@ def length_batches(data: list[Example], batch_size: int, rng: random.Random) -> 
     return batches
 
 
+def pad_ids(rows: list[list[int]], pad_id: int) -> Any:
+    """Token id rows as one right-padded tensor."""
+    import torch
+
+    inputs = torch.full((len(rows), max(len(ids) for ids in rows)), pad_id, dtype=torch.long)
+    for row, ids in enumerate(rows):
+        inputs[row, : len(ids)] = torch.tensor(ids)
+    return inputs
+
+
 def batch_tensors(examples: list[Example], pad_id: int) -> tuple[Any, Any]:
     import torch
 
-    width = max(len(ids) for ids, _ in examples)
-    inputs = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    inputs = pad_ids([ids for ids, _ in examples], pad_id)
+    labels = torch.full(inputs.shape, -100, dtype=torch.long)
     for row, (ids, trained) in enumerate(examples):
-        tokens = torch.tensor(ids)
-        inputs[row, : len(ids)] = tokens
-        labels[row, : len(ids)] = torch.where(torch.tensor(trained), tokens, -100)
+        labels[row, : len(ids)] = torch.where(torch.tensor(trained), inputs[row, : len(ids)], -100)
     return inputs, labels
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from steering.models.arith import Trace, TraceStyle, problems, trace
+from steering.models.arith import TraceStyle, problems, trace
 from steering.models.demo_probe import held_out_pairs, reflection_propensity, step_ends
 
 
@@ -17,7 +17,7 @@ def test_step_ends_classifies_every_step_line_and_skips_rechecks() -> None:
         "85-19=66\n\nWait, let me re-check: 85-19 = 66. Yes, it is 66.\n\n"
         "Wait, let me check again: 66+19 = 85, so 85-19=66 is right.\n\n66+3=70\n\n70+2=72\n\n</think>\nAnswer: 72"
     )
-    ends = step_ends("37+48-19+3+2", Trace(text, 72))
+    ends = step_ends(text)
     assert [kind for _, kind in ends] == ["slip", "right_hard", "drill", "right_easy"]
     assert all(text[offset : offset + 2] == "\n\n" for offset, _ in ends)
     assert text[: ends[0][0]].endswith("37+48=75")
@@ -63,8 +63,8 @@ def test_propensity_reads_the_delimiter_after_each_step_line(tokenizer: Any) -> 
     # every position read is a "\n\n" token: the stand-in gives P(Wait) = 1 there and ~0 anywhere else
     assert result["p_wait"] == {"slip": 1.0, "drill": 1.0, "right_hard": 1.0, "right_easy": 1.0}
     expected: dict[str, int] = {}
-    for problem_text, t in pairs:
-        for _, kind in step_ends(problem_text, t):
+    for _, t in pairs:
+        for _, kind in step_ends(t.text):
             expected[kind] = expected.get(kind, 0) + 1
     assert result["steps"] == expected and expected["slip"] > 0 and expected["drill"] > 0
 
