@@ -29,6 +29,16 @@ sys.path.insert(0, str(ROOT))
 OLD = {"carry_slips": False, "p_error": 0.03, "p_catch": 0.85, "p_recheck": 0.15, "p_again": 0.5}  # toy v1
 HARD = {"carry_slips": True, "p_error": 0.25, "p_drill_easy": 0.25, "p_catch": 0.95, "p_recheck": 0.2, "p_again": 0.5}
 V5 = {**HARD, "p_recheck": 0.25, "p_again": 0.9}
+HARD_RECHECKS = {"p_error": 0.125, "p_recheck": 0.1, "p_recheck_hard": 0.4, "p_drill_easy": 0.1}  # + the defaults
+# How rounds 3 and 4 train and measure: 2,000 steps, as a recipe must to fit 45 min on a slow CPU day.
+CHEAP = {
+    "steps": 2000,
+    "items": 1000,
+    "temperatures": [0.7],
+    "strengths": [-0.75, -0.5, -0.25, 0.25, 0.5],
+    "layers_from_top": [1],
+    "min_tails": [10],
+}
 ROUNDS: dict[int, dict[str, Any]] = {
     1: {
         "steps": 3600,
@@ -73,15 +83,32 @@ ROUNDS: dict[int, dict[str, Any]] = {
     # (untrained, so the learned slip rate stays 0.25). One CPU run of the drill design, seed 0, did not notice
     # its slips at any checkpoint (`demo_hard_drills_cpu.md`); the probe column says which seeds and designs do.
     3: {
-        "steps": 2000,
-        "items": 1000,
-        "temperatures": [0.7],
-        "strengths": [-0.75, -0.5, -0.25, 0.25, 0.5],
-        "layers_from_top": [1],
-        "min_tails": [10],
+        **CHEAP,
         "designs": {
             f"{name}_seed{seed}": {"style": style, "temperature": 0.7, "seed": seed, "attention": "eager"}
             for name, style in (("t1_bundled", {}), ("t2_hard_drills", {"p_error": 0.1875, "p_drill_hard": 0.25}))
+            for seed in (0, 1, 2)
+        },
+    },
+    # Round 4 (not yet run): two ways to make a cheap recipe (eager, 48 traces x 2,000 steps: ~35 min on a slow
+    # CPU day) reflect where it errs. The bundled toy learns no comparison of numbers in 2,800 steps: its loss on
+    # a re-check's verdict ("So it is 85, not 75" / "Yes") is at the level of guessing (`demo_loss_map.md`).
+    # u1 weights the reflect-or-go-on token 5x in the loss (one CPU run at 2,400 steps did not notice its slips
+    # by step 1,500: `demo_decision_weight_cpu.md`); u2 re-checks hard steps more often than easy ones, so that
+    # reflection goes with the steps that can slip without the model having to tell a slip from a right result
+    # (its CPU run, seed 0, 38 min, barely learned which steps are hard: `demo_hard_rechecks_cpu.md`).
+    4: {
+        **CHEAP,
+        "designs": {
+            f"{name}_seed{seed}": {
+                "style": style,
+                "temperature": 0.7,
+                "seed": seed,
+                "attention": "eager",
+                "batch_size": 48,
+                "decision_weight": weight,
+            }
+            for name, style, weight in (("u1_dw5", {}, 5.0), ("u2_hard_rechecks", HARD_RECHECKS, 1.0))
             for seed in (0, 1, 2)
         },
     },
@@ -230,6 +257,8 @@ def run_design(name: str, design: dict[str, Any], plan: dict[str, Any], work: st
     summary = train(
         model_dir,
         steps=plan["steps"],
+        batch_size=design.get("batch_size", 64),
+        decision_weight=design.get("decision_weight", 1.0),
         style=TraceStyle(**design["style"]),
         device="cuda",
         layers=layers,

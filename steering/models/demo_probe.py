@@ -82,6 +82,17 @@ def held_out_pairs(seed: int, count: int, style: TraceStyle | None = None) -> li
     return [(p.text, trace(p, rng, style)) for p in problems(seed, count, "extract", style)]
 
 
+def trained_style(model_dir: Path) -> TraceStyle:
+    """The data style a saved model was trained on (its training log's start record), else the defaults."""
+    log = model_dir / "training_log.jsonl"
+    if log.exists():
+        with log.open() as lines:
+            start = json.loads(lines.readline() or "{}")
+        if start.get("event") == "start" and "style" in start:
+            return TraceStyle(**start["style"])
+    return TraceStyle()
+
+
 def main(
     model_dir: Annotated[Path, typer.Option(help="A saved demo model (weights and tokenizer).")],
     traces: Annotated[int, typer.Option(help="Held-out (extract-split) traces to read.")] = 2000,
@@ -94,7 +105,8 @@ def main(
     torch.set_num_threads(2)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    print(json.dumps(reflection_propensity(model, tokenizer, held_out_pairs(seed, traces))))
+    pairs = held_out_pairs(seed, traces, trained_style(model_dir))  # traces in the model's own training style
+    print(json.dumps(reflection_propensity(model, tokenizer, pairs)))
 
 
 if __name__ == "__main__":

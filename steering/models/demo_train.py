@@ -5,7 +5,8 @@ a rerun on another day reproduced the log's losses to 4 decimals at ~1.0 s/step 
 where emulated bf16 would be ~25x slower. ``--attention eager`` trains ~1.3x faster on CPU (39.7 min, 0.82 s/step),
 but its different rounding gives a different model (see the demo README). ``--device cuda`` trains it in minutes
 on a GPU, for trying data designs (`benchmarks/demo_design_screen.py`); the bundled weights come from the CPU run.
-Each held-out evaluation also logs `p_wait`, whether the model notices its slips (`steering.models.demo_probe`).
+Each held-out evaluation also logs `p_wait`, whether the model notices its slips (`steering.models.demo_probe`);
+``--decision-weight`` weights the reflect-or-go-on token in the loss (tried for a cheaper recipe; not the bundled one).
 
 A 4-layer Llama (hidden 256, ~3.2 M parameters, tied embeddings, ~13 MB fp32) learns the synthetic traces of
 `steering.models.arith`: step-by-step chain arithmetic inside ``<think>`` with occasional errors and
@@ -169,16 +170,20 @@ def train(
     device: str = "cpu",
     layers: int = 4,
     attention: str = "sdpa",
+    decision_weight: float = 1.0,
 ) -> dict[str, Any]:
     """Train and save the model, tokenizer and training log to `out`; returns the final summary.
     `precision`: "bf16" (autocast), "fp32", or "auto" (bf16 on CUDA, and where the CPU has it natively).
     `device`: "cpu" (the shipped model's) or "cuda" (for trying data designs quickly; not bit-identical).
-    `attention`: "sdpa" (the shipped model's) or "eager" (faster on CPU; a different model)."""
+    `attention`: "sdpa" (the shipped model's) or "eager" (faster on CPU; a different model).
+    `decision_weight`: loss weight of the token after each ``\\n\\n`` (reflect or go on; see `decision_loss`)."""
     import torch
     import transformers
 
     if attention not in ("sdpa", "eager"):
         raise ValueError(f"attention must be 'sdpa' or 'eager', not {attention!r}")
+    if decision_weight <= 0:
+        raise ValueError(f"decision_weight must be positive, not {decision_weight}")
     kind = device_kind(device)
     bf16 = precision == "bf16" or (precision == "auto" and (kind == "cuda" or native_bf16()))
     style = style or TraceStyle()
@@ -229,11 +234,13 @@ def train(
         "style": style.__dict__,
         "precision": "bf16 autocast" if bf16 else "fp32",
         "attention": config._attn_implementation,
+        "decision_weight": decision_weight,
         "device": kind,
         "data_seconds": round(time.monotonic() - started, 1),
     }
     log.write(json.dumps(header) + "\n")
     running = 0.0
+    delimiter = tokenizer("\n\n", add_special_tokens=False)["input_ids"][0]
     model.train()
     batches: list[list[int]] = []
     for step in range(steps):
@@ -244,12 +251,15 @@ def train(
         inputs, labels = batch_tensors([data[i] for i in batches.pop()], tokenizer.pad_token_id)
         inputs, labels = inputs.to(device), labels.to(device)
         with autocast(bf16, kind):
-            loss = model(input_ids=inputs, labels=labels).loss
+            if decision_weight == 1.0:  # the bundled recipe's exact loss
+                loss = logged = model(input_ids=inputs, labels=labels).loss
+            else:
+                loss, logged = decision_loss(model(input_ids=inputs).logits, inputs, labels, delimiter, decision_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        running += loss.item()
+        running += logged.item()
         if (step + 1) % log_every == 0 or step + 1 == steps:
             count = (step % log_every) + 1
             record = {
@@ -279,6 +289,23 @@ def train(
     model.to("cpu").save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
     return summary
+
+
+def decision_loss(logits: Any, inputs: Any, labels: Any, delimiter: int, weight: float) -> tuple[Any, Any]:
+    """(Loss to train on, plain mean loss to log): next-token cross-entropy in which each target right after a
+    ``\\n\\n`` token (the decision to reflect, take the next step or close the thinking) weighs `weight` times
+    the others. Each context's optimum is still the data's own conditional distribution, so the trained rates of
+    reflection stay calibrated; the weight only makes the model learn the decision earlier in training (e.g.
+    whether the step it just wrote is wrong) instead of spending those steps on digits it already gets right."""
+    import torch
+
+    targets = labels[:, 1:]
+    per_token = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="none"
+    )
+    trained = (targets != -100).float()
+    weights = torch.where(inputs[:, :-1] == delimiter, weight, 1.0) * trained
+    return (per_token * weights).sum() / weights.sum(), (per_token * trained).sum() / trained.sum()
 
 
 def held_out_loss(model: Any, examples: list[Example], pad_id: int, bf16: bool, device: str = "cpu") -> float:
@@ -312,6 +339,9 @@ def main(
     attention: Annotated[
         str, typer.Option(help="sdpa (the shipped model's) or eager (~1.3x faster on CPU; rounds differently).")
     ] = "sdpa",
+    decision_weight: Annotated[
+        float, typer.Option(help="Loss weight of the token after each \\n\\n (reflect or go on); 1 = plain loss.")
+    ] = 1.0,
 ) -> None:
     """Train the toy demo reasoning model."""
     summary = train(
@@ -325,6 +355,7 @@ def main(
         style=TraceStyle(**json.loads(style)),
         device=device,
         attention=attention,
+        decision_weight=decision_weight,
     )
     print(json.dumps(summary))
 

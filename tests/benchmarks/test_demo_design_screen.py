@@ -43,3 +43,13 @@ def test_the_probe_column_shows_slip_against_right_hard_steps_where_measured() -
     designs = ROUNDS[3]["designs"]
     assert ROUNDS[3]["steps"] == 2000 and all(d["attention"] == "eager" for d in designs.values())
     assert sorted(d["seed"] for d in designs.values()) == [0, 0, 1, 1, 2, 2]
+
+
+def test_round_four_screens_two_cheap_designs_over_three_seeds() -> None:
+    designs = ROUNDS[4]["designs"]
+    assert all(d["batch_size"] == 48 and d["attention"] == "eager" for d in designs.values())
+    assert ROUNDS[4]["steps"] * 48 <= 0.55 * 2800 * 64  # about half the bundled recipe's traces
+    weighted = sorted(d["seed"] for d in designs.values() if d["decision_weight"] == 5.0 and d["style"] == {})
+    rechecks = [d["style"] for d in designs.values() if d["decision_weight"] == 1.0]
+    assert weighted == [0, 1, 2] and len(rechecks) == 3
+    assert all(s["p_recheck_hard"] > s["p_recheck"] for s in rechecks)

@@ -180,3 +180,41 @@ def test_hard_drills_show_forgotten_carries_untrained_and_keep_the_learned_slip_
     # the knob is off by default and only applies to carry slips
     plain = TraceStyle(carry_slips=False, p_error=0.03, p_drill_hard=0.5)
     assert all(not trace(p, random.Random(0), plain).untrained for p in problems(0, 200, "train", plain))
+
+
+def test_decision_loss_weights_only_the_token_after_each_delimiter() -> None:
+    import pytest
+    import torch
+
+    from steering.models.demo_train import decision_loss
+
+    torch.manual_seed(0)
+    delimiter = 7
+    inputs = torch.tensor([[1, 2, 7, 3, 4, 7, 5], [1, 7, 6, 2, 0, 0, 0]])
+    labels = inputs.clone()
+    labels[0, :2] = -100  # an untrained prompt
+    labels[1, 4:] = -100  # padding
+    logits = torch.randn(2, 7, 9)
+    per_token = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], reduction="none")
+    trained = labels[:, 1:] != -100
+    after_delimiter = inputs[:, :-1] == delimiter  # targets 3, 5 (row 0) and 6 (row 1)
+    assert int((after_delimiter & trained).sum()) == 3
+    plain = per_token[trained].mean()
+    weights = torch.where(after_delimiter, 4.0, 1.0) * trained
+    loss, logged = decision_loss(logits, inputs, labels, delimiter, 4.0)
+    assert float(loss) == pytest.approx(float((per_token * weights).sum() / weights.sum()), rel=1e-6)
+    assert float(logged) == pytest.approx(float(plain), rel=1e-6)
+    # weight 1 is the model's own loss (Hugging Face's shifted, masked mean)
+    assert float(decision_loss(logits, inputs, labels, delimiter, 1.0)[0]) == pytest.approx(float(plain), rel=1e-6)
+
+
+def test_training_with_a_decision_weight_logs_it_and_rejects_nonsense(tmp_path: Path) -> None:
+    import pytest
+
+    from steering.models.demo_train import train
+
+    train(tmp_path, steps=2, batch_size=8, train_traces=300, log_every=1, decision_weight=5.0)
+    lines = [json.loads(x) for x in (tmp_path / "training_log.jsonl").read_text().splitlines()]
+    assert lines[0]["decision_weight"] == 5.0 and lines[1]["loss"] > 0
+    with pytest.raises(ValueError, match="decision_weight"):
+        train(tmp_path / "bad", steps=1, batch_size=8, train_traces=300, decision_weight=0)

@@ -9,6 +9,7 @@ import pytest
 
 from steering.models.arith import TraceStyle, problems, trace
 from steering.models.demo_probe import held_out_pairs, reflection_propensity, step_ends
+from tests.steering.models.stand_in import StandInModel
 
 
 def test_step_ends_classifies_every_step_line_and_skips_rechecks() -> None:
@@ -23,27 +24,20 @@ def test_step_ends_classifies_every_step_line_and_skips_rechecks() -> None:
     assert text[: ends[0][0]].endswith("37+48=75")
 
 
-class DelimiterModel:
+class DelimiterModel(StandInModel):
     """A stand-in model that puts all probability on "Wait" exactly where the input token is "\\n\\n"."""
 
     def __init__(self, tokenizer: Any) -> None:
+        super().__init__(len(tokenizer))
         self.delimiter = tokenizer("\n\n", add_special_tokens=False)["input_ids"][0]
         self.wait = tokenizer("Wait", add_special_tokens=False)["input_ids"][0]
-        self.vocab = len(tokenizer)
-        self.training = True
 
-    def eval(self) -> None:
-        self.training = False
-
-    def train(self, mode: bool = True) -> None:
-        self.training = mode
-
-    def __call__(self, input_ids: Any) -> Any:
+    def logits(self, input_ids: Any) -> Any:
         import torch
 
         logits = torch.zeros(*input_ids.shape, self.vocab)
         logits[..., self.wait] = torch.where(input_ids == self.delimiter, 100.0, -100.0)
-        return type("Output", (), {"logits": logits})()
+        return logits
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +69,14 @@ def test_propensity_is_none_for_a_kind_with_no_steps(tokenizer: Any) -> None:
     result = reflection_propensity(DelimiterModel(tokenizer), tokenizer, pairs)
     assert result["p_wait"]["slip"] is None and result["p_wait"]["drill"] is None
     assert result["steps"]["slip"] == 0 and result["p_wait"]["right_easy"] == 1.0
+
+
+def test_a_saved_model_is_probed_on_the_style_it_was_trained_on(tmp_path: Any) -> None:
+    import json
+
+    from steering.models.demo_probe import trained_style
+
+    assert trained_style(tmp_path) == TraceStyle()  # no training log: the bundled data's style
+    start = {"event": "start", "style": {"p_error": 0.125, "p_recheck_hard": 0.4}}
+    (tmp_path / "training_log.jsonl").write_text(json.dumps(start) + "\n" + json.dumps({"step": 1}) + "\n")
+    assert trained_style(tmp_path) == TraceStyle(p_error=0.125, p_recheck_hard=0.4)
