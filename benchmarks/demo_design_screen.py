@@ -254,17 +254,16 @@ def run_design(name: str, design: dict[str, Any], plan: dict[str, Any], work: st
     started = time.time()
     torch.set_num_threads(2)
     layers = design.get("layers", 4)
+    # what a design sets of its own; the rest keeps train()'s defaults (the bundled recipe's)
+    recipe = {k: design[k] for k in ("seed", "attention", "batch_size", "decision_weight") if k in design}
     summary = train(
         model_dir,
         steps=plan["steps"],
-        batch_size=design.get("batch_size", 64),
-        decision_weight=design.get("decision_weight", 1.0),
         style=TraceStyle(**design["style"]),
         device="cuda",
         layers=layers,
-        seed=design.get("seed", 0),
         log_every=100,
-        attention=design.get("attention", "sdpa"),
+        **recipe,
     )
     result: dict[str, Any] = {"name": name, "design": design, "train": summary, "train_s": round(time.time() - started)}
     log_records = map(json.loads, (model_dir / "training_log.jsonl").read_text().splitlines())

@@ -28,8 +28,8 @@ from typing import Annotated, Any
 
 import typer
 
-from steering.models.arith import Trace, is_hard
-from steering.models.demo_probe import STEP_LINE, held_out_pairs, step_ends, trained_style
+from steering.models.arith import Trace
+from steering.models.demo_probe import held_out_pairs, step_lines, teacher_forced, trained_style
 
 CLASSES = (
     "step_operands",
@@ -57,20 +57,19 @@ def char_classes(text: str) -> list[str]:
     def mark(start: int, end: int, name: str) -> None:
         classes[start:end] = [name] * (end - start)
 
-    for end, _ in step_ends(text):
-        line = STEP_LINE.match(text, text.rfind("\n", 0, end) + 1)
-        assert line is not None
+    lines = step_lines(text)
+    for line, _ in lines:
         mark(line.start(), line.start(4), "step_operands")
         mark(line.start(4), line.end(4), "step_result")
-        mark(end, end + 2, "delimiter")
+        mark(line.end() - 2, line.end(), "delimiter")
     for pattern, name in ((RECHECK, "recheck"), (AGAIN, "again_check")):
         for match in pattern.finditer(text):
             mark(match.start() + 1, match.end(), name)  # its "W" is the decision that started it
     for match in VERDICT.finditer(text):
         mark(match.start(1), match.end(1), "verdict")
-    for end, _ in step_ends(text):
-        if end + 2 < len(text):
-            classes[end + 2] = "step_decision"
+    for line, _ in lines:
+        if line.end() < len(text):
+            classes[line.end()] = "step_decision"
     for match in CONFIRMED.finditer(text):
         if match.end() < len(text):
             classes[match.end()] = "again_decision"
@@ -97,11 +96,9 @@ def references(pairs: list[tuple[str, Trace]]) -> dict[str, dict[str, float]]:
     results: Counter[bool] = Counter()  # hard step with trained digits: slipped?
     for _, t in pairs:
         untrained = set(t.untrained)
-        for end, kind in step_ends(t.text):
-            decisions[(kind, t.text.startswith("Wait", end + 2))] += 1
-            line = STEP_LINE.match(t.text, t.text.rfind("\n", 0, end) + 1)
-            assert line is not None
-            if is_hard(int(line[1]), line[2], int(line[3])) and line.span(4) not in untrained:
+        for line, kind in step_lines(t.text):
+            decisions[(kind, t.text.startswith("Wait", line.end()))] += 1
+            if kind in ("slip", "right_hard") and line.span(4) not in untrained:
                 results[kind == "slip"] += 1
         verdicts.update(match[1] for match in VERDICT.finditer(t.text))
 
@@ -135,38 +132,19 @@ def loss_map(
     """Teacher-forced loss of each class of trained token, in nats per trace, with `references`."""
     import torch
 
-    from steering.models.demo_train import autocast, pad_ids, user_prompt
+    from steering.models.demo_train import trained_mask
 
     nats: defaultdict[str, float] = defaultdict(float)
     tokens: Counter[str] = Counter()
-    was_training = model.training
-    model.eval()
-    for start in range(0, len(pairs), 64):
-        part = pairs[start : start + 64]
-        prompts = tokenizer([user_prompt(p) for p, _ in part], add_special_tokens=False)["input_ids"]
-        completions = tokenizer(
-            [t.text + tokenizer.eos_token for _, t in part], add_special_tokens=False, return_offsets_mapping=True
-        )
-        rows: list[list[int]] = []
-        reads: list[list[tuple[int, int, str]]] = []  # per row: (position, token id, class)
-        for prompt, ids, offsets, (_, t) in zip(
-            prompts, completions["input_ids"], completions["offset_mapping"], part, strict=True
-        ):
-            classes = char_classes(t.text)
-            row = []
-            for i, (s, e) in enumerate(offsets):
-                if not any(s < b and a < e for a, b in t.untrained):  # as in training: untrained spans carry no loss
-                    row.append((len(prompt) + i, ids[i], token_class(classes, t.text, s, e)))
-            reads.append(row)
-            rows.append(list(prompt) + list(ids))
-        with torch.no_grad(), autocast(bf16, device):
-            logits = model(input_ids=pad_ids(rows, tokenizer.pad_token_id).to(device)).logits.float()
-        log_probs = torch.log_softmax(logits, dim=-1).cpu()
-        for r, row in enumerate(reads):
-            for position, token, name in row:
-                nats[name] -= float(log_probs[r, position - 1, token])
+    for row in teacher_forced(model, tokenizer, pairs, 64, bf16, device, suffix=tokenizer.eos_token):
+        text = row.trace.text
+        classes = char_classes(text)
+        log_probs = torch.log_softmax(row.logits, dim=-1)
+        for i, trained in enumerate(trained_mask(row.offsets, row.trace.untrained)):  # as in training
+            if trained:
+                name = token_class(classes, text, *row.offsets[i])
+                nats[name] -= float(log_probs[row.prompt_len + i - 1, row.ids[i]])
                 tokens[name] += 1
-    model.train(was_training)
     n = len(pairs)
     return {
         "traces": n,

@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import typer
 
@@ -24,9 +25,9 @@ STEP_LINE = re.compile(r"(\d+)([+-])(\d+)=(\d+)\n\n")
 KINDS = ("slip", "drill", "right_hard", "right_easy")
 
 
-def step_ends(text: str) -> list[tuple[int, str]]:
-    """(character offset in a trace's `text` of the ``\\n\\n`` ending each step line, the step's kind)."""
-    out: list[tuple[int, str]] = []
+def step_lines(text: str) -> list[tuple[re.Match[str], str]]:
+    """Each step line of a trace's `text` (its `STEP_LINE` match) and the step's kind."""
+    out: list[tuple[re.Match[str], str]] = []
     for match in STEP_LINE.finditer(text):
         if match.start() > 0 and text[match.start() - 1] != "\n":
             continue  # a number inside a re-check line, not a step line
@@ -34,8 +35,59 @@ def step_ends(text: str) -> list[tuple[int, str]]:
         right = a + b if op == "+" else a - b
         hard = is_hard(a, op, b)
         kind = ("right_hard" if hard else "right_easy") if written == right else ("slip" if hard else "drill")
-        out.append((match.end() - 2, kind))
+        out.append((match, kind))
     return out
+
+
+def step_ends(text: str) -> list[tuple[int, str]]:
+    """(character offset in a trace's `text` of the ``\\n\\n`` ending each step line, the step's kind)."""
+    return [(match.end() - 2, kind) for match, kind in step_lines(text)]
+
+
+class ForcedRow(NamedTuple):
+    """One trace read teacher-forced: its completion's token ids and character offsets, and the logits of the
+    whole row (prompt first: the completion's token i sits at position `prompt_len + i`)."""
+
+    trace: Trace
+    prompt_len: int
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+    logits: Any
+
+
+def teacher_forced(
+    model: Any,
+    tokenizer: Any,
+    pairs: list[tuple[str, Trace]],
+    chunk: int,
+    bf16: bool = False,
+    device: str = "cpu",
+    suffix: str = "",
+) -> Iterator[ForcedRow]:
+    """Forward passes over chat-prompted traces (each completion is the trace's text + `suffix`), `chunk` rows at
+    a time, in eval mode (the model's mode is restored afterwards); float logits on the CPU."""
+    import torch
+
+    from steering.models.demo_train import autocast, pad_ids, user_prompt
+
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(pairs), chunk):
+            part = pairs[start : start + chunk]
+            prompts = tokenizer([user_prompt(p) for p, _ in part], add_special_tokens=False)["input_ids"]
+            completions = tokenizer(
+                [t.text + suffix for _, t in part], add_special_tokens=False, return_offsets_mapping=True
+            )
+            rows = [list(prompt) + list(ids) for prompt, ids in zip(prompts, completions["input_ids"], strict=True)]
+            with torch.no_grad(), autocast(bf16, device):
+                logits = model(input_ids=pad_ids(rows, tokenizer.pad_token_id).to(device)).logits.float().cpu()
+            for r, (prompt, ids, offsets, (_, t)) in enumerate(
+                zip(prompts, completions["input_ids"], completions["offset_mapping"], part, strict=True)
+            ):
+                yield ForcedRow(t, len(prompt), list(ids), list(offsets), logits[r])
+    finally:
+        model.train(was_training)
 
 
 def reflection_propensity(
@@ -44,33 +96,16 @@ def reflection_propensity(
     """Mean teacher-forced P(next line starts with "Wait") after each kind of step line, and their counts."""
     import torch
 
-    from steering.models.demo_train import autocast, pad_ids, user_prompt
-
     wait_id = tokenizer("Wait", add_special_tokens=False)["input_ids"][0]
     sums = dict.fromkeys(KINDS, 0.0)
     counts = dict.fromkeys(KINDS, 0)
-    was_training = model.training
-    model.eval()
-    for start in range(0, len(pairs), 128):
-        part = pairs[start : start + 128]
-        prompts = tokenizer([user_prompt(p) for p, _ in part], add_special_tokens=False)["input_ids"]
-        completions = tokenizer([t.text for _, t in part], add_special_tokens=False, return_offsets_mapping=True)
-        rows: list[list[int]] = []
-        reads: list[list[tuple[int, str]]] = []  # per row: (token position, kind of the step it ends)
-        for prompt, ids, offsets, (_, t) in zip(
-            prompts, completions["input_ids"], completions["offset_mapping"], part, strict=True
-        ):
-            ends = dict(step_ends(t.text))
-            reads.append([(len(prompt) + i, ends[s]) for i, (s, _) in enumerate(offsets) if s in ends])
-            rows.append(list(prompt) + list(ids))
-        with torch.no_grad(), autocast(bf16, device):
-            logits = model(input_ids=pad_ids(rows, tokenizer.pad_token_id).to(device)).logits.float()
-        probs = torch.softmax(logits, dim=-1)[..., wait_id].cpu()
-        for r, positions in enumerate(reads):
-            for position, kind in positions:
-                sums[kind] += float(probs[r, position])
-                counts[kind] += 1
-    model.train(was_training)
+    for row in teacher_forced(model, tokenizer, pairs, 128, bf16, device):
+        ends = dict(step_ends(row.trace.text))
+        probs = torch.softmax(row.logits, dim=-1)[..., wait_id]
+        for i, (s, _) in enumerate(row.offsets):
+            if s in ends:
+                sums[ends[s]] += float(probs[row.prompt_len + i])
+                counts[ends[s]] += 1
     means = {kind: round(sums[kind] / counts[kind], 4) if counts[kind] else None for kind in KINDS}
     return {"p_wait": means, "steps": counts}
 

@@ -119,11 +119,15 @@ def encode(tokenizer: Any, pairs: list[tuple[str, Trace]], chunk: int = 8192) ->
         for prompt, ids, offsets, (_, t) in zip(
             prompts, completions["input_ids"], completions["offset_mapping"], part, strict=True
         ):
-            trained = [True] * len(ids)
-            if t.untrained:
-                trained = [not any(s < end and a < e for a, end in t.untrained) for s, e in offsets]
-            out.append((list(prompt) + list(ids), [False] * len(prompt) + trained))
+            out.append((list(prompt) + list(ids), [False] * len(prompt) + trained_mask(offsets, t.untrained)))
     return out
+
+
+def trained_mask(offsets: list[tuple[int, int]], untrained: tuple[tuple[int, int], ...]) -> list[bool]:
+    """Per completion token (by its character offsets): trained unless it overlaps one of the untrained spans."""
+    if not untrained:
+        return [True] * len(offsets)
+    return [not any(s < end and a < e for a, end in untrained) for s, e in offsets]
 
 
 def length_batches(data: list[Example], batch_size: int, rng: random.Random) -> list[list[int]]:
