@@ -53,3 +53,11 @@ def test_round_four_screens_two_cheap_designs_over_three_seeds() -> None:
     rechecks = [d["style"] for d in designs.values() if d["decision_weight"] == 1.0]
     assert weighted == [0, 1, 2] and len(rechecks) == 3
     assert all(s["p_recheck_hard"] > s["p_recheck"] for s in rechecks)
+
+
+def test_round_five_screens_the_half_batch_recipes_over_three_seeds() -> None:
+    designs = ROUNDS[5]["designs"].values()
+    assert all(d["batch_size"] == 32 and d["style"] == {} for d in designs)
+    recipes = sorted((d["attention"], d["steps"], d["seed"]) for d in designs)
+    assert recipes == [("eager", 3600, s) for s in (0, 1, 2)] + [("sdpa", 2800, s) for s in (0, 1, 2)]
+    assert all(d["steps"] * 32 <= 0.65 * 2800 * 64 for d in designs)  # at most 0.65x the bundled recipe's traces
