@@ -90,13 +90,15 @@ ROUNDS: dict[int, dict[str, Any]] = {
             for seed in (0, 1, 2)
         },
     },
-    # Round 4 (not yet run): two ways to make a cheap recipe (eager, 48 traces x 2,000 steps: ~35 min on a slow
+    # Round 4: two ways to make a cheap recipe (eager, 48 traces x 2,000 steps: ~35 min on a slow
     # CPU day) reflect where it errs. The bundled toy learns no comparison of numbers in 2,800 steps: its loss on
     # a re-check's verdict ("So it is 85, not 75" / "Yes") is at the level of guessing (`demo_loss_map.md`).
     # u1 weights the reflect-or-go-on token 5x in the loss (one CPU run at 2,400 steps did not notice its slips
     # by step 1,500: `demo_decision_weight_cpu.md`); u2 re-checks hard steps more often than easy ones, so that
     # reflection goes with the steps that can slip without the model having to tell a slip from a right result
     # (its CPU run, seed 0, 38 min, barely learned which steps are hard: `demo_hard_rechecks_cpu.md`).
+    # Run on an H100: no seed of either noticed its slips (probe: slip within 0.01 of right hard steps, or below),
+    # and both lost accuracy (u1 0.04 to 0.69, u2 0.60 to 0.64).
     4: {
         **CHEAP,
         "designs": {
@@ -112,9 +114,13 @@ ROUNDS: dict[int, dict[str, Any]] = {
             for seed in (0, 1, 2)
         },
     },
-    # Round 5 (not yet run): the bundled data with half the batch (32 traces per step), which halves each step's
-    # compute but keeps the updates. On CPU, SDPA 32 x 2,800 took 37.5 min and eager 32 x 3,600 took 46.3 min on a
-    # slow day, and seed 0 of neither noticed its slips (`demo_half_batch_cpu.md`). Do other seeds?
+    # Round 5: the bundled data with half the batch (32 traces per step), which halves each step's compute but
+    # keeps the updates. On CPU, SDPA 32 x 2,800 took 37.5 min and eager 32 x 3,600 took 46.3 min on a slow day,
+    # and seed 0 of neither noticed its slips (`demo_half_batch_cpu.md`). Run on an H100: no seed noticed its
+    # slips either (probe gap <= 0.02), yet every eager seed steered both ways, because a re-check that happens
+    # catches a slip whether or not the model noticed it: -0.5 cut reflection to 0.40-0.62x and tokens by 22-34 %
+    # for 2.0-2.9 points, +0.5 raised reflection 1.47-1.62x and accuracy by 1.1-5.0 points. The SDPA seeds were
+    # less accurate (0.50-0.74) and one barely steered.
     5: {
         **CHEAP,
         "designs": {
@@ -389,7 +395,10 @@ def main() -> None:
         proc.join(max(1.0, deadline - time.time()))
         if proc.is_alive():
             proc.terminate()
-    merge(args.out, args.round, " ".join(sys.argv[1:]), {n: json.loads((raw / f"{n}.json").read_text()) for n in names})
+    finished = {n: json.loads((raw / f"{n}.json").read_text()) for n in names if (raw / f"{n}.json").exists()}
+    if len(finished) < len(names):
+        print(f"no result (stopped before its first measurement): {sorted(set(names) - set(finished))}")
+    merge(args.out, args.round, " ".join(sys.argv[1:]), finished)
 
 
 def merge(out: Path, number: int, argv: str, designs: dict[str, Any], note: str = "") -> None:

@@ -93,17 +93,28 @@ def engine_settings(settings: ServerSettings, model: str, served: str) -> object
         max_num_seqs=settings.max_num_seqs,
         enable_prefix_caching=settings.enable_prefix_caching,
         seed=settings.seed,
+        kv_cache_memory_bytes=None if settings.kv_cache_gib is None else int(settings.kv_cache_gib * 2**30),
     )
+
+
+def with_demo_defaults(settings: ServerSettings) -> ServerSettings:
+    """Settings for serving the bundled toy (no --model): float32 and a small KV cache unless set."""
+    from steering.models.demo_package import DEMO_DTYPE, DEMO_KV_CACHE_GIB
+
+    update: dict[str, Any] = {}
+    if settings.dtype == "auto":
+        update["dtype"] = DEMO_DTYPE
+    if settings.kv_cache_gib is None:
+        update["kv_cache_gib"] = DEMO_KV_CACHE_GIB
+    return settings.model_copy(update=update)
 
 
 async def serve(settings: ServerSettings) -> None:
     from steering.engine import SteeringEngine
 
     model = resolve_model(settings)
-    if not settings.model and settings.dtype == "auto":
-        from steering.models.demo_package import DEMO_DTYPE
-
-        settings = settings.model_copy(update={"dtype": DEMO_DTYPE})
+    if not settings.model:
+        settings = with_demo_defaults(settings)
     served = settings.served_model_name or (settings.model or DEMO_NAME)
     engine = SteeringEngine.create(engine_settings(settings, model, served))  # type: ignore[arg-type]
     store = open_store(settings, settings.registry_namespace or served)

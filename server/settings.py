@@ -71,5 +71,11 @@ class ServerSettings(BaseSettings):
     pipeline_parallel_size: int = Field(default=1, description="vLLM pipeline parallelism.")
     max_num_seqs: int | None = Field(default=None, description="vLLM --max-num-seqs.")
     enable_prefix_caching: bool = Field(default=True, description="vLLM prefix caching (steered requests are salted).")
+    kv_cache_gib: float | None = Field(
+        default=None,
+        gt=0,
+        description="KV-cache size in GiB (vLLM --kv-cache-memory-bytes); 2 for the bundled toy demo. Unset: vLLM "
+        "sizes it from free memory (on CPU 92 % of the memory node). On CPU, VLLM_CPU_KVCACHE_SPACE wins over both.",
+    )
     seed: int = Field(default=0, description="Engine seed.")
     log_level: str = Field(default="info", description="uvicorn log level.")

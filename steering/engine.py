@@ -46,6 +46,7 @@ class EngineSettings:
     max_num_batched_tokens: int | None = None
     enable_prefix_caching: bool = True
     seed: int = 0
+    kv_cache_memory_bytes: int | None = None  # None: vLLM sizes the KV cache from the memory it finds free
     log_stats: bool = True  # vLLM's own engine metrics (vllm:*), exported next to ours
     extra: tuple[tuple[str, Any], ...] = ()  # further vLLM engine args, by name
 
@@ -88,6 +89,8 @@ def engine_args(settings: EngineSettings) -> Any:
         kwargs["max_num_seqs"] = settings.max_num_seqs
     if settings.max_num_batched_tokens is not None:
         kwargs["max_num_batched_tokens"] = settings.max_num_batched_tokens
+    if settings.kv_cache_memory_bytes is not None:
+        kwargs["kv_cache_memory_bytes"] = settings.kv_cache_memory_bytes
     kwargs.update(dict(settings.extra))
     if settings.steering is not None:
         from steering.vllm_plugin.worker import WORKER_EXTENSION

@@ -21,6 +21,9 @@ VECTOR_ID = "reflection"
 # The toy is served, and its vector extracted, in float32: vLLM's "auto" would downcast it to bf16 on CPU, which
 # is emulated (slow) on CPUs without native bf16 and rounds the toy's small activations differently per machine.
 DEMO_DTYPE = "float32"
+# The toy needs a few MiB of KV cache. Without a size, vLLM's CPU worker asks for 92 % of its memory node and
+# refuses to start where less is free (seen on a 2-core machine whose node 0 held 9 of its 23 GiB).
+DEMO_KV_CACHE_GIB = 2
 ASSETS = "steerserve"  # subdirectory of the model dir with the vector and presets
 # Operator, positions and strengths chosen by pilots on "extract"-split problems (never the A/B "eval" split):
 # adding the direction only where the input token is a step delimiter ("\n\n", where the model decides whether
@@ -43,7 +46,12 @@ async def _extract(model_dir: Path, count: int, seed: int, layers: list[int] | N
 
     engine = SteeringEngine.create(
         EngineSettings(
-            model=str(model_dir), dtype=DEMO_DTYPE, enforce_eager=True, steering=EngineSteeringConfig(), seed=seed
+            model=str(model_dir),
+            dtype=DEMO_DTYPE,
+            enforce_eager=True,
+            steering=EngineSteeringConfig(),
+            seed=seed,
+            kv_cache_memory_bytes=DEMO_KV_CACHE_GIB * 2**30,
         )
     )
     try:

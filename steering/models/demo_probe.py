@@ -99,7 +99,8 @@ def reflection_propensity(
     wait_id = tokenizer("Wait", add_special_tokens=False)["input_ids"][0]
     sums = dict.fromkeys(KINDS, 0.0)
     counts = dict.fromkeys(KINDS, 0)
-    for row in teacher_forced(model, tokenizer, pairs, 128, bf16, device):
+    by_length = sorted(pairs, key=lambda pair: len(pair[0]) + len(pair[1].text))  # little padding per chunk
+    for row in teacher_forced(model, tokenizer, by_length, 32, bf16, device):
         ends = dict(step_ends(row.trace.text))
         probs = torch.softmax(row.logits, dim=-1)[..., wait_id]
         for i, (s, _) in enumerate(row.offsets):

@@ -313,19 +313,31 @@ def decision_loss(logits: Any, inputs: Any, labels: Any, delimiter: int, weight:
 
 
 def held_out_loss(model: Any, examples: list[Example], pad_id: int, bf16: bool, device: str = "cpu") -> float:
+    """Mean over groups of 128 examples (in order) of each group's mean next-token loss, as the Hugging Face loss
+    of one padded batch of 128 gives it. Each group runs as length-sorted sub-batches of 32, so little of the
+    compute goes to padding (~3x less time on CPU); causal attention and right padding leave the loss unchanged."""
     import torch
 
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    means = []
     with torch.no_grad(), autocast(bf16, device):
         for start in range(0, len(examples), 128):
-            inputs, labels = batch_tensors(examples[start : start + 128], pad_id)
-            inputs, labels = inputs.to(device), labels.to(device)
-            total += float(model(input_ids=inputs, labels=labels).loss)
-            count += 1
+            group = sorted(examples[start : start + 128], key=lambda example: len(example[0]))
+            total, tokens = 0.0, 0
+            for sub in range(0, len(group), 32):
+                inputs, labels = batch_tensors(group[sub : sub + 32], pad_id)
+                logits = model(input_ids=inputs.to(device)).logits[:, :-1].float()
+                targets = labels[:, 1:].to(device)
+                total += float(
+                    torch.nn.functional.cross_entropy(
+                        logits.transpose(1, 2), targets, ignore_index=-100, reduction="sum"
+                    )
+                )
+                tokens += int((targets != -100).sum())
+            means.append(total / max(1, tokens))
     model.train(was_training)
-    return total / max(1, count)
+    return sum(means) / max(1, len(means))
 
 
 def main(

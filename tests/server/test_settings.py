@@ -35,3 +35,18 @@ def test_environment_sets_sites(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_values_are_refused(args: tuple[str, ...]) -> None:
     with pytest.raises((ValidationError, SystemExit)):
         parse(*args)
+
+
+def test_kv_cache_size_reaches_vllm_and_the_demo_gets_a_small_one() -> None:
+    from server.launch import with_demo_defaults
+    from steering.engine import engine_args
+
+    sized = engine_settings(parse("--kv-cache-gib", "1.5"), "m", "m")
+    assert engine_args(sized).kv_cache_memory_bytes == 3 * 2**29  # type: ignore[arg-type]
+    assert engine_settings(parse(), "m", "m").kv_cache_memory_bytes is None  # type: ignore[attr-defined]
+    demo = with_demo_defaults(parse())
+    assert demo.kv_cache_gib == 2 and demo.dtype == "float32"
+    chosen = with_demo_defaults(parse("--kv-cache-gib", "4", "--dtype", "bfloat16"))
+    assert chosen.kv_cache_gib == 4 and chosen.dtype == "bfloat16"
+    with pytest.raises((ValidationError, SystemExit)):
+        parse("--kv-cache-gib", "0")

@@ -218,3 +218,27 @@ def test_training_with_a_decision_weight_logs_it_and_rejects_nonsense(tmp_path: 
     assert lines[0]["decision_weight"] == 5.0 and lines[1]["loss"] > 0
     with pytest.raises(ValueError, match="decision_weight"):
         train(tmp_path / "bad", steps=1, batch_size=8, train_traces=300, decision_weight=0)
+
+
+def test_held_out_loss_is_the_mean_of_padded_batch_losses_of_128() -> None:
+    import torch
+    import transformers
+
+    from steering.models.demo_train import batch_tensors, held_out_loss
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2
+    )
+    model = transformers.LlamaForCausalLM(config).eval()  # type: ignore[no-untyped-call]
+    rng = random.Random(0)
+    examples = []
+    for _ in range(200):  # a group of 128 and one of 72, lengths 3..60, some tokens untrained
+        length = rng.randint(3, 60)
+        examples.append(([rng.randrange(1, 40) for _ in range(length)], [rng.random() < 0.8 for _ in range(length)]))
+    with torch.no_grad():
+        expected = [
+            float(model(input_ids=inputs, labels=labels).loss)
+            for inputs, labels in (batch_tensors(examples[s : s + 128], 0) for s in (0, 128))
+        ]
+    assert abs(held_out_loss(model, examples, 0, bf16=False) - sum(expected) / 2) < 1e-5
