@@ -65,13 +65,15 @@ def teacher_forced(
     suffix: str = "",
 ) -> Iterator[ForcedRow]:
     """Forward passes over chat-prompted traces (each completion is the trace's text + `suffix`), `chunk` rows at
-    a time, in eval mode (the model's mode is restored afterwards); float logits on the CPU."""
+    a time, in eval mode (the model's mode is restored afterwards); float logits on the CPU. Rows come in order of
+    length, so each chunk pads little."""
     import torch
 
     from steering.models.demo_train import autocast, pad_ids, user_prompt
 
     was_training = model.training
     model.eval()
+    pairs = sorted(pairs, key=lambda pair: len(pair[0]) + len(pair[1].text))
     try:
         for start in range(0, len(pairs), chunk):
             part = pairs[start : start + chunk]
@@ -99,8 +101,7 @@ def reflection_propensity(
     wait_id = tokenizer("Wait", add_special_tokens=False)["input_ids"][0]
     sums = dict.fromkeys(KINDS, 0.0)
     counts = dict.fromkeys(KINDS, 0)
-    by_length = sorted(pairs, key=lambda pair: len(pair[0]) + len(pair[1].text))  # little padding per chunk
-    for row in teacher_forced(model, tokenizer, by_length, 32, bf16, device):
+    for row in teacher_forced(model, tokenizer, pairs, 32, bf16, device):
         ends = dict(step_ends(row.trace.text))
         probs = torch.softmax(row.logits, dim=-1)[..., wait_id]
         for i, (s, _) in enumerate(row.offsets):

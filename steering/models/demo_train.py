@@ -295,6 +295,17 @@ def train(
     return summary
 
 
+def next_token_losses(logits: Any, labels: Any) -> tuple[Any, Any]:
+    """Per-position next-token cross-entropy (float32; 0 where the target is untrained) and the trained mask."""
+    import torch
+
+    targets = labels[:, 1:]
+    per_token = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="none"
+    )
+    return per_token, (targets != -100).float()
+
+
 def decision_loss(logits: Any, inputs: Any, labels: Any, delimiter: int, weight: float) -> tuple[Any, Any]:
     """(Loss to train on, plain mean loss to log): next-token cross-entropy in which each target right after a
     ``\\n\\n`` token (the decision to reflect, take the next step or close the thinking) weighs `weight` times
@@ -303,11 +314,7 @@ def decision_loss(logits: Any, inputs: Any, labels: Any, delimiter: int, weight:
     whether the step it just wrote is wrong) instead of spending those steps on digits it already gets right."""
     import torch
 
-    targets = labels[:, 1:]
-    per_token = torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="none"
-    )
-    trained = (targets != -100).float()
+    per_token, trained = next_token_losses(logits, labels)
     weights = torch.where(inputs[:, :-1] == delimiter, weight, 1.0) * trained
     return (per_token * weights).sum() / weights.sum(), (per_token * trained).sum() / trained.sum()
 
@@ -327,14 +334,9 @@ def held_out_loss(model: Any, examples: list[Example], pad_id: int, bf16: bool, 
             total, tokens = 0.0, 0
             for sub in range(0, len(group), 32):
                 inputs, labels = batch_tensors(group[sub : sub + 32], pad_id)
-                logits = model(input_ids=inputs.to(device)).logits[:, :-1].float()
-                targets = labels[:, 1:].to(device)
-                total += float(
-                    torch.nn.functional.cross_entropy(
-                        logits.transpose(1, 2), targets, ignore_index=-100, reduction="sum"
-                    )
-                )
-                tokens += int((targets != -100).sum())
+                per_token, trained = next_token_losses(model(input_ids=inputs.to(device)).logits, labels.to(device))
+                total += float(per_token.sum())
+                tokens += int(trained.sum())
             means.append(total / max(1, tokens))
     model.train(was_training)
     return sum(means) / max(1, len(means))
