@@ -30,6 +30,9 @@ OLD = {"carry_slips": False, "p_error": 0.03, "p_catch": 0.85, "p_recheck": 0.15
 HARD = {"carry_slips": True, "p_error": 0.25, "p_drill_easy": 0.25, "p_catch": 0.95, "p_recheck": 0.2, "p_again": 0.5}
 V5 = {**HARD, "p_recheck": 0.25, "p_again": 0.9}
 HARD_RECHECKS = {"p_error": 0.125, "p_recheck": 0.1, "p_recheck_hard": 0.4, "p_drill_easy": 0.1}  # + the defaults
+# The recipe every design starts from: the previous bundled toy's (SDPA, 64 traces per step), not train()'s
+# defaults, which became the half-batch eager recipe of round 5 when that was shipped.
+SCREEN_RECIPE: dict[str, Any] = {"attention": "sdpa", "batch_size": 64}
 # How rounds 3 to 5 train and measure: 2,000 steps (round 5 sets its own), to fit 45 min on a slow CPU day.
 CHEAP = {
     "steps": 2000,
@@ -91,7 +94,7 @@ ROUNDS: dict[int, dict[str, Any]] = {
         },
     },
     # Round 4: two ways to make a cheap recipe (eager, 48 traces x 2,000 steps: ~35 min on a slow
-    # CPU day) reflect where it errs. The bundled toy learns no comparison of numbers in 2,800 steps: its loss on
+    # CPU day) reflect where it errs. The previous toy (SDPA 64 x 2,800) learns no comparison of numbers: its loss on
     # a re-check's verdict ("So it is 85, not 75" / "Yes") is at the level of guessing (`demo_loss_map.md`).
     # u1 weights the reflect-or-go-on token 5x in the loss (one CPU run at 2,400 steps did not notice its slips
     # by step 1,500: `demo_decision_weight_cpu.md`); u2 re-checks hard steps more often than easy ones, so that
@@ -278,8 +281,11 @@ def run_design(name: str, design: dict[str, Any], plan: dict[str, Any], work: st
     started = time.time()
     torch.set_num_threads(2)
     layers = design.get("layers", 4)
-    # what a design sets of its own; the rest keeps train()'s defaults (the bundled recipe's)
-    recipe = {k: design[k] for k in ("seed", "attention", "batch_size", "decision_weight") if k in design}
+    # what a design sets of its own over the recipe the screen was run against (the previous toy's)
+    recipe = {
+        **SCREEN_RECIPE,
+        **{k: design[k] for k in ("seed", "attention", "batch_size", "decision_weight") if k in design},
+    }
     summary = train(
         model_dir,
         steps=design.get("steps", plan["steps"]),

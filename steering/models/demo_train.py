@@ -1,12 +1,13 @@
-"""Train the toy demo reasoning model (seeded, CPU): ``python -m steering.models.demo_train``.
+"""Train the toy demo reasoning model (seeded, CPU): ``python -m steering.models.demo_train --out DIR``.
 
-The bundled weights took 73.5 min on 2 cores of an AMD EPYC with AVX-512 BF16 (1.45 s/step under bf16 autocast);
-a rerun on another day reproduced the log's losses to 4 decimals at ~1.0 s/step (~48 min). fp32 on AVX2-only CPUs,
-where emulated bf16 would be ~25x slower. ``--attention eager`` trains ~1.3x faster on CPU (39.7 min, 0.82 s/step),
-but its different rounding gives a different model (see the demo README). ``--device cuda`` trains it in minutes
-on a GPU, for trying data designs (`benchmarks/demo_design_screen.py`); the bundled weights come from the CPU run.
-Each held-out evaluation also logs `p_wait`, whether the model notices its slips (`steering.models.demo_probe`);
-``--decision-weight`` weights the reflect-or-go-on token in the loss (tried for a cheaper recipe; not the bundled one).
+The defaults are the bundled toy's recipe: 3,600 steps of 32 traces, eager attention, bf16 autocast where the CPU
+has native bf16 (fp32 elsewhere). It took 40.0 min on 2 cores of an AMD EPYC with AVX-512 BF16 (~0.65 s/step);
+the same command took 46.3 min there on a slower day, and an AVX2-only CPU (fp32) needs ~1.2-1.4 s/step, about
+twice as long. ``--attention sdpa --batch-size 64 --steps 2800`` is the previous toy's recipe (73.5 min; it noticed
+its slips better). ``--device cuda`` trains it in minutes on a GPU, for trying data designs
+(`benchmarks/demo_design_screen.py`); the bundled weights come from the CPU run. Each held-out evaluation also logs
+`p_wait`, whether the model notices its slips (`steering.models.demo_probe`); ``--decision-weight`` weights the
+reflect-or-go-on token in the loss (tried for a cheaper recipe; not the bundled one).
 
 A 4-layer Llama (hidden 256, ~3.2 M parameters, tied embeddings, ~13 MB fp32) learns the synthetic traces of
 `steering.models.arith`: step-by-step chain arithmetic inside ``<think>`` with occasional errors and
@@ -160,8 +161,8 @@ def batch_tensors(examples: list[Example], pad_id: int) -> tuple[Any, Any]:
 
 def train(
     out: Path,
-    steps: int = 2800,
-    batch_size: int = 64,
+    steps: int = 3600,
+    batch_size: int = 32,
     train_traces: int = 250_000,
     lr: float = 2e-3,
     warmup: int = 150,
@@ -173,13 +174,13 @@ def train(
     style: TraceStyle | None = None,
     device: str = "cpu",
     layers: int = 4,
-    attention: str = "sdpa",
+    attention: str = "eager",
     decision_weight: float = 1.0,
 ) -> dict[str, Any]:
     """Train and save the model, tokenizer and training log to `out`; returns the final summary.
     `precision`: "bf16" (autocast), "fp32", or "auto" (bf16 on CUDA, and where the CPU has it natively).
     `device`: "cpu" (the shipped model's) or "cuda" (for trying data designs quickly; not bit-identical).
-    `attention`: "sdpa" (the shipped model's) or "eager" (faster on CPU; a different model).
+    `attention`: "eager" (the shipped model's; ~1.3x faster on CPU) or "sdpa" (the previous toy's; other rounding).
     `decision_weight`: loss weight of the token after each ``\\n\\n`` (reflect or go on; see `decision_loss`)."""
     import torch
     import transformers
@@ -218,7 +219,7 @@ def train(
     )
     # "eager" (two matmuls and a softmax) trains ~1.3x faster on CPU than "sdpa", whose CPU flash-attention
     # backward takes a third of each step at these sizes. The architecture is the same, but the rounding is not, and
-    # this toy's training is sensitive to it: the bundled weights are the sdpa run's.
+    # this toy's training is sensitive to it: the same recipe with the other attention is a different model.
     config._attn_implementation = attention
     model: Any = transformers.LlamaForCausalLM(config)  # type: ignore[no-untyped-call]
     model = model.to(device)
@@ -344,8 +345,8 @@ def held_out_loss(model: Any, examples: list[Example], pad_id: int, bf16: bool, 
 
 def main(
     out: Annotated[Path, typer.Option(help="Output directory (weights, tokenizer, training_log.jsonl).")],
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 2800,
-    batch_size: Annotated[int, typer.Option(help="Traces per step.")] = 64,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 3600,
+    batch_size: Annotated[int, typer.Option(help="Traces per step.")] = 32,
     train_traces: Annotated[int, typer.Option(help="Distinct training traces generated.")] = 250_000,
     seed: Annotated[int, typer.Option(help="Seed of data, initialisation and batch order.")] = 0,
     threads: Annotated[int, typer.Option(help="Torch CPU threads.")] = 2,
@@ -355,8 +356,8 @@ def main(
     ] = "{}",
     device: Annotated[str, typer.Option(help="cpu (the shipped model's) or cuda (to try data designs fast).")] = "cpu",
     attention: Annotated[
-        str, typer.Option(help="sdpa (the shipped model's) or eager (~1.3x faster on CPU; rounds differently).")
-    ] = "sdpa",
+        str, typer.Option(help="eager (the shipped model's; ~1.3x faster on CPU) or sdpa (rounds differently).")
+    ] = "eager",
     decision_weight: Annotated[
         float, typer.Option(help="Loss weight of the token after each \\n\\n (reflect or go on); 1 = plain loss.")
     ] = 1.0,
