@@ -62,6 +62,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Random controls on the toy: chance overlap with the reflection vector",
         "",
+        *([result["note"], ""] if result.get("note") else []),  # e.g. which toy, when the bundled one has changed
         f"Command: `{result['command']}` ({result['device']}, {result['seconds']} s). Hugging Face `generate` with a "
         "forward hook, not the server; "
         f"{result['items']} A/B problems per arm, temperature {result['temperature']}, common seeds.",
