@@ -142,14 +142,12 @@ def test_the_scripts_defaults_are_the_bundled_toys_recipe() -> None:
 
     bundled = Path(__file__).resolve().parents[3] / "steering" / "models" / "demo"
     start = json.loads((bundled / "training_log.jsonl").read_text().splitlines()[0])
+    recipe = ("seed", "steps", "batch_size", "train_traces", "attention", "decision_weight")
     defaults = {name: p.default for name, p in inspect.signature(train).parameters.items()}
-    assert {k: start[k] for k in ("seed", "steps", "batch_size", "train_traces", "attention", "decision_weight")} == {
-        k: defaults[k] for k in ("seed", "steps", "batch_size", "train_traces", "attention", "decision_weight")
-    }
+    cli = {name: p.default for name, p in inspect.signature(main).parameters.items()}
+    assert {k: start[k] for k in recipe} == {k: defaults[k] for k in recipe} == {k: cli[k] for k in recipe}
     assert start["style"] == TraceStyle().__dict__
     assert start["device"] == "cpu" and start["precision"] == "bf16 autocast"
-    cli = {name: p.default for name, p in inspect.signature(main).parameters.items() if name != "out"}
-    assert all(cli[k] == defaults[k] for k in ("seed", "steps", "batch_size", "train_traces", "attention"))
 
 
 def test_eager_attention_trains_the_same_model_with_other_rounding(tmp_path: Path) -> None:
