@@ -15,6 +15,8 @@ Throughput = generated tokens / wall time of the batch. Ratios are paired per re
 the same repetition; we report medians with a bootstrap 95 % CI of the median.
 
     python benchmarks/engine_overhead.py --model 100m --reps 10 --out benchmarks/results/engine_overhead.json
+    python benchmarks/engine_overhead.py --model smollm2-135m-instruct --reps 8   # a catalogued real model
+    python benchmarks/engine_overhead.py --model /path/to/checkpoint             # any local checkpoint
 """
 
 from __future__ import annotations
@@ -112,9 +114,28 @@ async def run_batch(
     return tokens, time.perf_counter() - start
 
 
+def model_path(name: str) -> tuple[Path, str]:
+    """A synthetic model (built offline), a catalogued real one (fetched once) or a local checkpoint; with its
+    description for the report."""
+    from server.settings import default_data_dir
+    from steering.fetch import CATALOG, fetch
+
+    if name in MODELS:
+        spec = MODELS[name]
+        return build_tiny_model(spec), (
+            f"{name}: {spec.architecture}, {spec.num_layers} layers, hidden {spec.hidden_size}, "
+            f"~{param_count(spec) / 1e6:.1f}M params, float32"
+        )
+    path = fetch(name, default_data_dir()) if name in CATALOG else Path(name)
+    config = json.loads((path / "config.json").read_text())
+    return path, (
+        f"{name}: {config['architectures'][0]}, {config['num_hidden_layers']} layers, hidden "
+        f"{config['hidden_size']}, float32"
+    )
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    spec = MODELS[args.model]
-    path = build_tiny_model(spec)
+    path, description = model_path(args.model)
     common = dict(
         model=str(path),
         dtype="float32",
@@ -157,11 +178,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     stats = await steered.worker_stats()
     steered.shutdown()
     plain.shutdown()
-    return summarize(args, spec, runs, stats)
+    return summarize(args, description, runs, stats)
 
 
 def summarize(
-    args: argparse.Namespace, spec: TinyModelSpec, runs: list[dict[str, Any]], stats: list[dict[str, Any]]
+    args: argparse.Namespace, description: str, runs: list[dict[str, Any]], stats: list[dict[str, Any]]
 ) -> dict[str, Any]:
     by = {(r["rep"], r["scenario"]): r["tok_per_s"] for r in runs}
     ratios: dict[str, float] = {}
@@ -176,8 +197,7 @@ def summarize(
             ratios[scenario] = statistics.median(paired)
     throughput = {s: statistics.median(by[(rep, s)] for rep in range(args.reps)) for s in SCENARIOS}
     return {
-        "model": f"{args.model}: {spec.architecture}, {spec.num_layers} layers, hidden {spec.hidden_size}, "
-        f"~{param_count(spec) / 1e6:.1f}M params, float32",
+        "model": description,
         "ratios": ratios,
         "ratio_table": table,
         "median_tok_per_s": throughput,
@@ -237,9 +257,9 @@ def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--model",
-        choices=sorted(MODELS),
         action="append",
-        help="repeatable; default: tiny and 100m (the JSON's top level is the last one)",
+        help=f"{' | '.join(sorted(MODELS))} (synthetic), a catalogued model (steering.fetch) or a checkpoint "
+        "path; repeatable; default: tiny and 100m (the JSON's top level is the last one)",
     )
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--requests", type=int, default=32)

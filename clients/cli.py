@@ -6,6 +6,7 @@ import typer
 
 from clients.cli_ab import ab
 from clients.cli_chat import chat
+from clients.cli_models import models
 from clients.cli_presets import presets
 from clients.cli_vectors import vectors
 
@@ -13,6 +14,7 @@ app = typer.Typer(help="steerserve: per-request activation steering on vLLM.", n
 app.add_typer(vectors, name="vectors")
 app.add_typer(presets, name="presets")
 app.add_typer(ab, name="ab")
+app.add_typer(models, name="models")
 app.command("chat")(chat)
 
 
@@ -43,7 +45,27 @@ def version() -> None:
 
 
 def main() -> None:
-    app()
+    """Every command: an error answer from the server is its own message on stderr and exit code 1, never a
+    traceback (commands that send raw httpx requests included)."""
+    import httpx
+
+    from clients.client import SteerError, error_of
+
+    try:
+        app()
+    except SteerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
+    except httpx.HTTPStatusError as exc:
+        typer.echo(f"error: {error_of(exc.response)}", err=True)
+        raise SystemExit(1) from None
+    except httpx.TransportError as exc:
+        try:
+            where = str(exc.request.url)
+        except RuntimeError:  # no request attached
+            where = "the server"
+        typer.echo(f"error: cannot reach {where}: {exc}", err=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

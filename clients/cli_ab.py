@@ -42,7 +42,13 @@ def run_ab(
         float | None, typer.Option(help="Sampling temperature (default: the model's, from its generation config).")
     ] = None,
     top_p: Annotated[float | None, typer.Option(help="Nucleus sampling (default: the model's).")] = None,
-    max_tokens: Annotated[int, typer.Option(help="Completion cap (truncation is reported).")] = 512,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(
+            help="Completion cap (truncation is reported). Default: 512, or less where the served context minus "
+            "the prompt leaves less."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of sampling seeds and of the random control.")] = 0,
     concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 32,
     base_url: Annotated[str, typer.Option(help="Server URL.", envvar="STEERSERVE_URL")] = "http://127.0.0.1:8000",

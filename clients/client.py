@@ -190,13 +190,18 @@ def _headers(api_key: str | None, admin_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
+def error_of(response: httpx.Response) -> SteerError:
+    """The server's own error (OpenAI's shape) of an error answer; its text when it is not in that shape."""
+    try:
+        error = ApiErrorBody.model_validate(response.json()["error"])
+    except (ValueError, KeyError, TypeError):
+        error = ApiErrorBody(message=response.text[:500] or response.reason_phrase, type="http_error")
+    return SteerError(response.status_code, error)
+
+
 def _read(call: _Call[T], response: httpx.Response) -> T:
     if response.status_code >= 400:
-        try:
-            error = ApiErrorBody.model_validate(response.json()["error"])
-        except (ValueError, KeyError, TypeError):
-            error = ApiErrorBody(message=response.text[:500], type="http_error")
-        raise SteerError(response.status_code, error)
+        raise error_of(response)
     return call.parse(response)
 
 

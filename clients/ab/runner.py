@@ -35,6 +35,8 @@ class ArmSpec:
     cosine: float | None = None  # a random arm's cosine with the studied vector (all layers together)
 
 
+DEFAULT_MAX_TOKENS = 512
+
 # --random-control: which random directions are run as controls, and their arms' name prefix and vector label.
 RANDOM_CONTROLS = {"plain": ("random", "random"), "orthogonal": ("random-orth", "random-orthogonal")}
 
@@ -49,7 +51,7 @@ class RunConfig:
     samples: int = 1
     temperature: float | None = None  # None: the served model's default (its generation_config.json)
     top_p: float | None = None
-    max_tokens: int = 512
+    max_tokens: int | None = None  # None: DEFAULT_MAX_TOKENS, capped at the served context minus each prompt
     seed: int = 0
     concurrency: int = 32
     api_key: str | None = None
@@ -175,6 +177,7 @@ async def run(
             for kind in (config.random_controls if config.random_strengths else ())
         }
         arms = build_arms(config, controls)
+        budgets = await completion_budgets(client, config, items)
         jobs = [(item, k, arm) for item in items for k in range(config.samples) for arm in arms]
         gate = asyncio.Semaphore(config.concurrency)
         rows: list[dict[str, Any]] = []
@@ -183,7 +186,7 @@ async def run(
             body: dict[str, Any] = {
                 "model": config.model,
                 "messages": [{"role": "user", "content": item.prompt}],
-                "max_tokens": config.max_tokens,
+                "max_tokens": budgets[item.id],
                 "seed": sample_seed(item, k, config.seed),
             }
             if config.temperature is not None:
@@ -224,6 +227,24 @@ async def run(
 
         await asyncio.gather(*(one(*job) for job in jobs))
     return arms, rows
+
+
+async def completion_budgets(client: httpx.AsyncClient, config: RunConfig, items: list[Item]) -> dict[str, int]:
+    """max_tokens per item: `config.max_tokens` when given (the server refuses what does not fit, with its own
+    message); else DEFAULT_MAX_TOKENS capped at the served context minus the item's chat prompt (from
+    /tokenize, which reports both), so the default fits any served model."""
+    if config.max_tokens is not None:
+        return {item.id: config.max_tokens for item in items}
+    gate = asyncio.Semaphore(config.concurrency)
+
+    async def room(item: Item) -> tuple[str, int]:
+        body = {"model": config.model, "messages": [{"role": "user", "content": item.prompt}]}
+        async with gate:
+            answer = (await client.post("/tokenize", json=body)).raise_for_status().json()
+        # at least 1: a prompt that fills the context gets the server's own "prompt too long" answer
+        return item.id, max(1, min(DEFAULT_MAX_TOKENS, int(answer["max_model_len"]) - int(answer["count"])))
+
+    return dict(await asyncio.gather(*(room(item) for item in items)))
 
 
 def config_json(config: RunConfig) -> dict[str, Any]:

@@ -1,9 +1,12 @@
 """Activation capture in the worker: residual-stream rows of chosen requests, layers and positions.
 
 A request asks through ``extra_args["steerserve_capture"] = {"id", "layers", "positions", "pool"}``.
-Each step, the runner writes the step-local token indices of the wanted rows into a fixed index buffer; every
-patched decoder layer gathers those rows of its output stream (h + r) into its own fixed buffer (the same
-code path eagerly, under torch.compile and in CUDA graphs: padding indices point at row 0 and are ignored).
+Each step, the runner writes the step-local token indices of the wanted rows into a fixed index buffer and
+their count into a counter; every patched decoder layer calls the custom op
+`steerserve::capture_rows`, which gathers those rows of its output stream (h + r) into the layer's own fixed
+buffer. The op is opaque to torch.compile, so its count check runs on every call: with no row wanted (no
+request captures) it does nothing, eagerly and compiled. On CUDA, where a graph replays what was recorded,
+it always gathers the buffer's full capacity (padding indices point at row 0 and are ignored).
 After the forward the rows are copied out and accumulated per request — kept per position, or summed for a
 mean — and published as soon as every wanted position is in, for the API process to pop. The API side
 bounds what is in flight to the buffer's capacity, so a step never holds more wanted rows than the buffer.
@@ -65,6 +68,8 @@ class CaptureState:
         self.local_layers = tuple(local_layers)
         with torch.inference_mode(False):
             self.index = torch.zeros(capacity, dtype=torch.int64, device=device)
+            # Rows wanted this step, read by the op on CPU; on CUDA the op ignores it (and it is never written).
+            self.count = torch.zeros(1, dtype=torch.int64, device=device)
             # 1 for rows of the residual stream (h + r), 0 for rows of the block's MLP output (h alone)
             self.residual_scale = torch.ones(capacity, 1, dtype=dtype, device=device)
             self.buffers = {
@@ -136,6 +141,8 @@ class CaptureState:
             self.index[: len(rows)].copy_(torch.tensor(rows, dtype=torch.int64))
             scale = [0.0 if job.site == "mlp" else 1.0 for job, _ in self._pending]
             self.residual_scale[: len(rows), 0].copy_(torch.tensor(scale, dtype=self.residual_scale.dtype))
+        if self.device.type == "cpu":
+            self.count[0] = len(rows)
 
     def collect(self) -> None:
         """After the forward: move this step's rows out of the buffers into their requests."""
@@ -144,6 +151,8 @@ class CaptureState:
         count = len(self._pending)
         host = {layer: buffer[:count].float().cpu().numpy() for layer, buffer in self.buffers.items()}
         self.index[:count].zero_()  # every entry must stay a valid row for any later (smaller) step
+        if self.device.type == "cpu":
+            self.count[0] = 0
         for row, (job, position) in enumerate(self._pending):
             if job.pool == "mean" and position in job.seen_positions:
                 continue  # recomputed after preemption: count each position once
@@ -163,3 +172,38 @@ class CaptureState:
 
     def pop(self, capture_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         return {cid: self.results.pop(cid) for cid in capture_ids if cid in self.results}
+
+
+@torch.library.custom_op("steerserve::capture_rows", mutates_args=("buffer",))
+def capture_rows(
+    hidden: torch.Tensor,
+    residual: torch.Tensor,
+    index: torch.Tensor,
+    residual_scale: torch.Tensor,
+    count: torch.Tensor,
+    buffer: torch.Tensor,
+) -> None:
+    """buffer[:n] = hidden[index[:n]] + residual[index[:n]] * residual_scale[:n], n = count[0].
+
+    Nothing at all when no row is wanted. On CUDA the whole capacity is gathered every call, so that a CUDA
+    graph recorded while nothing was captured still gathers on replay (the index buffer's padding is row 0)."""
+    if buffer.is_cuda:
+        buffer.copy_(hidden.index_select(0, index) + residual.index_select(0, index) * residual_scale)
+        return
+    n = int(count[0])
+    if n == 0:
+        return
+    rows = index[:n]
+    buffer[:n].copy_(hidden.index_select(0, rows) + residual.index_select(0, rows) * residual_scale[:n])
+
+
+@capture_rows.register_fake  # type: ignore[untyped-decorator, unused-ignore]
+def _capture_rows_fake(
+    hidden: torch.Tensor,
+    residual: torch.Tensor,
+    index: torch.Tensor,
+    residual_scale: torch.Tensor,
+    count: torch.Tensor,
+    buffer: torch.Tensor,
+) -> None:
+    return None

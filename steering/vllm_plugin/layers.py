@@ -16,6 +16,7 @@ from steering import ops_triton
 from steering.config import SUPPORTED_ARCHITECTURES
 from steering.errors import UnsupportedModelError
 from steering.ops import steered_sum
+from steering.vllm_plugin.capture import capture_rows
 from steering.vllm_plugin.state import SteeringState
 
 SUPPORTED_LAYER_CLASSES = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer")
@@ -57,6 +58,7 @@ def install(layers: list[tuple[int, nn.Module]], state: SteeringState) -> None:
             layer.register_buffer("steer_capture_index", state.capture.index, persistent=False)
             layer.register_buffer("steer_capture_buffer", state.capture.buffers[index], persistent=False)
             layer.register_buffer("steer_capture_residual_scale", state.capture.residual_scale, persistent=False)
+            layer.register_buffer("steer_capture_count", state.capture.count, persistent=False)
         setattr(layer, "_steer_capture", state.capture is not None)  # a trace-time constant
         layer.__class__ = _steered_class(type(layer), _layer_forward)
         if "attn" in state.config.sites:
@@ -121,15 +123,16 @@ def _layer_forward(self: nn.Module, base: type, *args: Any, **kwargs: Any) -> An
 
 
 def _capture(layer: nn.Module, hidden: torch.Tensor, residual: torch.Tensor) -> None:
-    """Gather the wanted rows of the stream after this block into the layer's fixed capture buffer."""
-    if not torch.compiler.is_compiling():
-        runtime: SteeringState = getattr(layer, "_steer_state")
-        if runtime.eager_skip and (runtime.capture is None or not runtime.capture.active):
-            return
-    index: torch.Tensor = getattr(layer, "steer_capture_index")
-    buffer: torch.Tensor = getattr(layer, "steer_capture_buffer")
-    scale: torch.Tensor = getattr(layer, "steer_capture_residual_scale")
-    buffer.copy_(hidden.index_select(0, index) + residual.index_select(0, index) * scale)
+    """Gather the wanted rows of the stream after this block into the layer's fixed capture buffer (the op
+    checks the step's row count itself: no work when nothing is captured, eagerly or compiled)."""
+    capture_rows(
+        hidden,
+        residual,
+        getattr(layer, "steer_capture_index"),
+        getattr(layer, "steer_capture_residual_scale"),
+        getattr(layer, "steer_capture_count"),
+        getattr(layer, "steer_capture_buffer"),
+    )
 
 
 def _attn_forward(self: nn.Module, base: type, *args: Any, **kwargs: Any) -> Any:

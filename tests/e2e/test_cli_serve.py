@@ -115,6 +115,7 @@ def test_serve_defaults_persist_vectors_and_exit_cleanly(tmp_path: Path) -> None
         )
         assert out.status_code == 200 and out.json()["steering"]["terms"][0]["vector"] == "kept"
         run_readme_examples(port, tmp_path / "docs")
+        assert_cli_fits_the_model_and_shows_server_errors(url, tmp_path)
     finally:
         code = stop(proc)
     assert code == 0, log.read_text()[-3000:]
@@ -127,6 +128,28 @@ def test_serve_defaults_persist_vectors_and_exit_cleanly(tmp_path: Path) -> None
     finally:
         if proc.poll() is None:
             stop(proc)
+
+
+def steerserve_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("steerserve") or str(Path(sys.executable).with_name("steerserve"))
+    env = {**os.environ, "STEERSERVE_URL": url}
+    return subprocess.run([exe, *args], env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+def assert_cli_fits_the_model_and_shows_server_errors(url: str, tmp_path: Path) -> None:
+    """`ab run` with its default --max-tokens fits the toy's 512-token context; an error answer is the server's
+    own message with exit code 1 and no traceback, from the A/B runner (raw httpx) and the typed client alike."""
+    ab = ["ab", "run", "--base-url", url, "--limit", "4", "--strengths=-0.5,0.5", "--random-strengths=", "--json"]
+    fitted = steerserve_cli(url, *ab, "--out", str(tmp_path / "ab"))
+    assert fitted.returncode == 0, fitted.stderr[-2000:]
+    summary = json.loads(fitted.stdout)
+    assert [a["n"] for a in summary["arms"]] == [4, 4, 4]
+    too_long = steerserve_cli(url, *ab, "--max-tokens", "600", "--out", str(tmp_path / "ab-long"))
+    assert too_long.returncode == 1 and "Traceback" not in too_long.stderr, too_long.stderr[-2000:]
+    assert "max_tokens 600" in too_long.stderr and "exceed the context of 512" in too_long.stderr, too_long.stderr
+    missing = steerserve_cli(url, "vectors", "show", "no-such-vector")
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr, missing.stderr[-2000:]
+    assert "404" in missing.stderr and "no-such-vector" in missing.stderr, missing.stderr
 
 
 def assert_sigterm_drains(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
