@@ -56,13 +56,18 @@ async def llama_engine(tiny_llama: Path) -> AsyncIterator[object]:
     engine.shutdown()
 
 
-@pytest.fixture(scope="session")
-def hf_llama(tiny_llama: Path) -> Iterator[object]:
+def hf_model(path: Path) -> object:
+    """The Hugging Face transformers model of a checkpoint, fp32, in eval mode (the tests' reference)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype="float32")
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype="float32")
     model.eval()
-    yield model
+    return model
+
+
+@pytest.fixture(scope="session")
+def hf_llama(tiny_llama: Path) -> object:
+    return hf_model(tiny_llama)
 
 
 @pytest.fixture(scope="session")
@@ -76,24 +81,16 @@ def smollm2(model_cache_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 async def smol_engine(smollm2: Path) -> AsyncIterator[object]:
     """The one SmolLM2 engine of the session (fp32, eager)."""
-    engine = make_engine(smollm2, max_model_len=1024, steering=_config(max_configs=16))
+    from steering.config import EngineSteeringConfig
+
+    engine = make_engine(smollm2, max_model_len=1024, steering=EngineSteeringConfig(max_configs=16))
     yield engine
     engine.shutdown()
 
 
 @pytest.fixture(scope="session")
-def hf_smol(smollm2: Path) -> Iterator[object]:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(smollm2), dtype="float32")
-    model.eval()
-    yield model
-
-
-def _config(**fields: object):  # type: ignore[no-untyped-def]
-    from steering.config import EngineSteeringConfig
-
-    return EngineSteeringConfig(**fields)  # type: ignore[arg-type]
+def hf_smol(smollm2: Path) -> object:
+    return hf_model(smollm2)
 
 
 @pytest.fixture(scope="session")
