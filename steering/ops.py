@@ -90,3 +90,42 @@ def steering_delta(
         weight = gate[:, k].float() * (coef[:, k, 0].float() + coef[:, k, 1].float() * proj)
         delta = delta + weight.to(x.dtype).unsqueeze(-1) * direction
     return delta
+
+
+@torch.library.custom_op("steerserve::steer_in_place", mutates_args=("target",))
+def steer_in_place(
+    target: torch.Tensor,
+    extra: torch.Tensor | None,
+    token_slot: torch.Tensor,
+    token_gate: torch.Tensor,
+    directions: torch.Tensor,
+    coefficients: torch.Tensor,
+    term_index: torch.Tensor,
+    channel_count: torch.Tensor,
+    site: int,
+) -> None:
+    """`target += steering_delta(...)` over the first `channel_count[site]` channels: nothing at all when no
+    token of the step is steered at this (layer, site).
+
+    Opaque to torch.compile, so the host-side count is read on every call (the CPU path: no CUDA graph
+    replays a recorded call). `channel_count` lives on the host and is written by the runner each step."""
+    channels = int(channel_count[site])
+    if channels == 0:
+        return
+    x = target if extra is None else target + extra
+    target.add_(steering_delta(x, token_slot, token_gate, directions, coefficients, term_index, channels))
+
+
+@steer_in_place.register_fake  # type: ignore[untyped-decorator, unused-ignore]
+def _steer_in_place_fake(
+    target: torch.Tensor,
+    extra: torch.Tensor | None,
+    token_slot: torch.Tensor,
+    token_gate: torch.Tensor,
+    directions: torch.Tensor,
+    coefficients: torch.Tensor,
+    term_index: torch.Tensor,
+    channel_count: torch.Tensor,
+    site: int,
+) -> None:
+    return None

@@ -15,7 +15,7 @@ from torch import nn
 from steering import ops_triton
 from steering.config import SUPPORTED_ARCHITECTURES
 from steering.errors import UnsupportedModelError
-from steering.ops import steered_sum
+from steering.ops import steer_in_place, steered_sum
 from steering.vllm_plugin.capture import capture_rows
 from steering.vllm_plugin.state import SteeringState
 
@@ -74,6 +74,8 @@ def _attach_tables(module: nn.Module, state: SteeringState, layer: int, sites: t
     setattr(module, "_steer_fused", fused)
     module.register_buffer("steer_token_slot", state.token_slot, persistent=False)
     module.register_buffer("steer_token_gate", state.token_gate, persistent=False)
+    if state.device.type == "cpu":
+        module.register_buffer("steer_channel_count", state.channel_count, persistent=False)
     installed: list[str] = []
     for site in sites:
         tables = state.tables.get((layer, site))
@@ -90,14 +92,8 @@ def _attach_tables(module: nn.Module, state: SteeringState, layer: int, sites: t
 
 def _steered(module: nn.Module, site: str, target: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
     """`target` plus the change the steering of `site` makes, computed from the site value `target + extra`."""
-    channels = None
-    if not torch.compiler.is_compiling():
-        # Eager execution with no CUDA graph to freeze it: skip (layer, site)s no request of this step uses.
-        runtime: SteeringState = getattr(module, "_steer_state")
-        if runtime.eager_skip:
-            channels = runtime.site_channels.get((getattr(module, "_steer_layer"), site), 0)
-            if channels == 0:
-                return target
+    runtime: SteeringState = getattr(module, "_steer_state")
+    site_index = runtime.site_index[(getattr(module, "_steer_layer"), site)]
     tables = (
         getattr(module, "steer_token_slot"),
         getattr(module, "steer_token_gate"),
@@ -107,6 +103,17 @@ def _steered(module: nn.Module, site: str, target: torch.Tensor, extra: torch.Te
     )
     if getattr(module, "_steer_fused"):
         return ops_triton.steered_sum(target, extra, *tables)
+    if runtime.device.type == "cpu":
+        # No CUDA graph on CPU: the custom op reads this step's channel count itself, eagerly and compiled,
+        # so a (layer, site) no request of the step uses costs one call and nothing else.
+        steer_in_place(target, extra, *tables, getattr(module, "steer_channel_count"), site_index)
+        return target
+    channels = None
+    if runtime.eager_skip and not torch.compiler.is_compiling():
+        # CUDA, eager, no graph to freeze it: skip (layer, site)s no request of this step uses.
+        channels = int(runtime.channel_count[site_index])
+        if channels == 0:
+            return target
     return steered_sum(target, extra, *tables, channels)
 
 

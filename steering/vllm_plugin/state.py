@@ -92,7 +92,9 @@ class SteeringState:
         self._slot_channels: dict[int, dict[tuple[int, str], int]] = {}
         # Eager mode without CUDA graphs may skip unused (layer, site)s; the runner decides at start-up.
         self.eager_skip = False
-        self.site_channels: dict[tuple[int, str], int] = {}
+        # Channels in use this step per (layer, site), on the host (read by the op on CPU, by eager CUDA code)
+        self.site_index = {key: index for index, key in enumerate(self.tables)}
+        self.channel_count = torch.zeros(len(self.tables), dtype=torch.int64)
         self.errors = 0
         self.steps_steered = 0
         self.capture: CaptureState | None = (
@@ -222,18 +224,17 @@ class SteeringState:
             self.capture.prepare_step(layout, req_ids)
         n = layout.num_tokens
         steered = bool(layout.slot.any())
+        self.channel_count.zero_()
         if not steered:
-            self.site_channels = {}
             if self._dirty_tokens:
                 self.token_slot[: self._dirty_tokens].zero_()
                 self._dirty_tokens = 0
             return
         self.steps_steered += 1
-        channels: dict[tuple[int, str], int] = {}
         for slot_id in np.unique(layout.slot).tolist():
             for site_key, count in self._slot_channels.get(slot_id, {}).items():
-                channels[site_key] = max(count, channels.get(site_key, 0))
-        self.site_channels = channels
+                index = self.site_index[site_key]
+                self.channel_count[index] = max(count, int(self.channel_count[index]))
         slot = _to_device(layout.slot, self.device)
         is_prompt = _to_device(layout.is_prompt, self.device).unsqueeze(1)
         is_last = _to_device(layout.is_last_prompt, self.device).unsqueeze(1)

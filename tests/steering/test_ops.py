@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from steering.ops import op_coefficients, steering_delta
+from steering.ops import op_coefficients, steer_in_place, steering_delta
 
 
 def naive(x: torch.Tensor, slot: torch.Tensor, gate: torch.Tensor, terms: dict[int, list[tuple]]) -> torch.Tensor:  # type: ignore[type-arg]
@@ -99,3 +99,34 @@ def test_eager_channel_skip_equals_all_channels_when_the_rest_are_empty() -> Non
     args = (x, slot, gate, directions, coefficients, term_index)
     assert torch.allclose(steering_delta(*args, num_channels=2), steering_delta(*args), atol=1e-6)
     assert torch.equal(steering_delta(*args, num_channels=0), torch.zeros_like(x))
+
+
+def test_in_place_op_reads_the_host_count_eagerly_and_compiled() -> None:
+    """`steer_in_place` adds the first `count[site]` channels' delta (site value target + extra) and does
+    nothing at all for a count of 0; compiled, a later count is still read on each call (not frozen)."""
+    torch.manual_seed(3)
+    hidden, k = 16, 3
+    directions = torch.nn.functional.normalize(torch.randn(2, k, hidden), dim=-1)
+    directions[0] = 0
+    coefficients = torch.randn(2, k, 2)
+    coefficients[0] = 0
+    term_index = torch.zeros(2, k, dtype=torch.int64)
+    slot = torch.tensor([1, 0, 1, 1])
+    gate = torch.ones(4, 1)
+    count = torch.zeros(2, dtype=torch.int64)
+    target, extra = torch.randn(4, hidden), torch.randn(4, hidden)
+    tables = (slot, gate, directions, coefficients, term_index)
+
+    def steer(t: torch.Tensor, e: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        t = t * 1.0
+        steer_in_place(t, e, *tables, c, 1)
+        return t
+
+    compiled = torch.compile(steer, fullgraph=True)
+    for run in (steer, compiled):
+        count[1] = 0
+        assert torch.equal(run(target, extra, count), target)
+        count[1] = 2
+        want = target + steering_delta(target + extra, *tables, num_channels=2)
+        assert torch.allclose(run(target, extra, count), want, atol=1e-6)
+        assert not torch.allclose(want, target)
