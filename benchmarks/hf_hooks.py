@@ -54,7 +54,11 @@ ASKS = ("Tell me about {}.", "Write two sentences about {}.", "What is interesti
 def prompts(tokenizer: Any, count: int) -> list[list[int]]:
     texts = [ASKS[(i // len(TOPICS)) % len(ASKS)].format(TOPICS[i % len(TOPICS)]) for i in range(count)]
     return [
-        list(tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True))
+        list(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": t}], add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"]
+        )
         for t in texts
     ]
 
