@@ -41,7 +41,6 @@ def test_reflection_problems_are_deterministic_disjoint_and_right() -> None:
     [
         ("hf_hooks", "hf_hooks_smollm2"),
         ("upload_latency", "upload_latency_smollm2"),
-        ("extraction_speed", "extraction_speed_smollm2"),
         ("llamacpp_interop", "llamacpp_interop_smollm2"),
         ("engine_overhead", "engine_overhead_smollm2"),
     ],
