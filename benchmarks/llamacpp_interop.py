@@ -158,7 +158,7 @@ def compare(
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
-    from server.settings import default_data_dir
+    from steering.settings import default_data_dir
 
     checkpoint = fetch(MODEL, default_data_dir())
     gguf_path = download_gguf(MODEL, Path(tempfile.mkdtemp(prefix="interop-")))

@@ -23,17 +23,10 @@ app.command("chat")(chat)
     add_help_option=False,
 )
 def serve(ctx: typer.Context) -> None:
-    """Start the OpenAI-compatible steering server (flags: `steerserve serve --help`)."""
+    """Start vLLM's OpenAI-compatible server with steering (every `vllm serve` flag; `steerserve serve --help`)."""
     from server.launch import run
-    from server.settings import ServerSettings
 
-    settings = ServerSettings(  # type: ignore[call-arg]
-        _cli_parse_args=list(ctx.args),
-        _cli_prog_name="steerserve serve",
-        _cli_kebab_case=True,
-        _cli_implicit_flags=True,
-    )
-    run(settings)
+    run(list(ctx.args))
 
 
 @app.command()

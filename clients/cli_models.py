@@ -13,7 +13,7 @@ models = typer.Typer(help="Models steerserve can fetch without a model hub.", no
 
 
 def _data_dir() -> Path:
-    from server.settings import default_data_dir
+    from steering.settings import default_data_dir
 
     return default_data_dir()
 

@@ -7,14 +7,11 @@ JSON are 400 (as OpenAI and vLLM answer), never FastAPI's 422.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from steering.errors import SteeringError
 from steering.store.base import ConflictError, StoreUnavailableError
@@ -114,61 +111,12 @@ def error_response(exc: Exception) -> JSONResponse:
     return JSONResponse(error_body("internal server error", "server_error", None, "internal_error"), status_code=500)
 
 
-def _validation_param(error: dict[str, Any]) -> str | None:
-    loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path", "header")]
-    return ".".join(loc) or None
-
-
 def install_error_handlers(app: FastAPI) -> None:
+    """Handlers for steerserve's own errors only: vLLM's app keeps its handlers for validation and HTTP errors
+    (the same OpenAI shape)."""
+
     async def on_error(_: Request, exc: Exception) -> JSONResponse:
         return error_response(exc)
 
-    async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        first = errors[0] if errors else {}
-        if first.get("type") == "json_invalid":
-            message = f"request body is not valid JSON: {first.get('ctx', {}).get('error', 'parse error')}"
-            return JSONResponse(error_body(message, "invalid_request_error", None, "invalid_json"), status_code=400)
-        param = _validation_param(first)
-        message = "; ".join(f"{_validation_param(e) or 'body'}: {e.get('msg')}" for e in errors[:5])
-        return JSONResponse(error_body(message, "invalid_request_error", param, "invalid_request"), status_code=400)
-
-    async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return JSONResponse(
-            error_body(str(exc.detail), error_type, None, code),
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
-        )
-
-    app.add_exception_handler(RequestValidationError, on_validation)  # type: ignore[arg-type]
-    app.add_exception_handler(StarletteHTTPException, on_http)  # type: ignore[arg-type]
-    for kind in (ApiError, SteeringError, StoreUnavailableError, ConflictError, Exception):
+    for kind in (ApiError, SteeringError, StoreUnavailableError, ConflictError):
         app.add_exception_handler(kind, on_error)
-
-
-def openapi_with_our_errors(app: FastAPI) -> Callable[[], dict[str, Any]]:
-    """The app's OpenAPI schema with FastAPI's 422 "Validation Error" replaced by what this server really sends:
-    a 400 in OpenAI's error shape."""
-    from fastapi.openapi.utils import get_openapi
-
-    def build() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-            bad_request = {
-                "description": "Bad request (also malformed JSON and validation errors)",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
-            }
-            for operations in schema.get("paths", {}).values():
-                for operation in operations.values():
-                    responses = operation.get("responses", {})
-                    if responses.pop("422", None) is not None:
-                        responses.setdefault("400", bad_request)
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.pop("HTTPValidationError", None)
-            components.pop("ValidationError", None)
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    return build

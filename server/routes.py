@@ -1,4 +1,5 @@
-"""Thin routes: parse, authorize, delegate to serving/admin. Errors are mapped in `server.errors`."""
+"""steerserve's own routes on vLLM's app: models with presets, the registry, the playground. Thin: parse,
+authorize, delegate to `Admin`; errors are mapped in `server.errors`."""
 
 from __future__ import annotations
 
@@ -7,32 +8,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from fastapi.responses import HTMLResponse, JSONResponse
 
-from server.errors import BadRequestError, ErrorResponse
-from server.protocol import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    DetokenizeRequest,
-    PresetBody,
-    TokenizeRequest,
-    VectorCreated,
-    VectorDefaultsBody,
-    VectorImport,
-    VectorUpload,
-)
-from server.state import ServerState
-from steering import __version__
+from server.errors import BadRequestError, ErrorResponse, ModelNotFoundError, PayloadTooLargeError
+from server.protocol import PresetBody, VectorCreated, VectorDefaultsBody, VectorImport, VectorUpload
+from server.state import DEMO_NAME, state_of
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 503)
 }
-
-
-def state_of(request: Request) -> ServerState:
-    state: ServerState = request.app.state.steerserve
-    return state
 
 
 async def api_key(request: Request) -> None:  # async: FastAPI runs sync dependencies in a thread pool
@@ -43,40 +27,17 @@ async def admin_key(request: Request) -> None:
     state_of(request).keys.require_admin(request)
 
 
-def request_id(request: Request) -> str:
-    rid: str = request.state.request_id
-    return rid
+async def body_limit(request: Request) -> None:
+    """Uploads over `max_vector_bytes` get 413 before their body is read."""
+    length = request.headers.get("content-length", "")
+    limit = state_of(request).settings.max_vector_bytes
+    if length.isdigit() and int(length) > limit:
+        raise PayloadTooLargeError(f"request body over {limit} bytes")
 
 
 public = APIRouter()
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(api_key)], responses=ERRORS)
-admin = APIRouter(prefix="/v1/steering", dependencies=[Depends(api_key)], responses=ERRORS)
-
-
-@public.get(
-    "/health",
-    response_class=Response,
-    responses={
-        200: {"description": "The engine answers (empty body).", "content": None},
-        503: {"description": "The engine is down, or the server is draining (empty body).", "content": None},
-    },
-)
-async def health(request: Request) -> Response:
-    state = state_of(request)
-    ok = not state.serving.draining and await state.engine.check_health()
-    return Response(status_code=200 if ok else 503)  # 503 while draining: load balancers stop sending
-
-
-@public.get(
-    "/metrics",
-    response_class=PlainTextResponse,
-    responses={200: {"description": "Prometheus text exposition format.", "content": {"text/plain": {}}}},
-)
-async def metrics(request: Request) -> Response:
-    state_of(request).sync_metrics()
-    return PlainTextResponse(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
-
-
+admin = APIRouter(prefix="/v1/steering", dependencies=[Depends(api_key), Depends(body_limit)], responses=ERRORS)
 PLAYGROUND = Path(__file__).with_name("static") / "playground.html"
 
 
@@ -86,47 +47,26 @@ async def playground() -> HTMLResponse:
     return HTMLResponse(PLAYGROUND.read_text(encoding="utf-8"))
 
 
-@public.get("/version")
-async def version(request: Request) -> dict[str, str]:
-    return {"version": __version__, "vllm": state_of(request).engine.vllm_version()}
-
-
-@public.post("/tokenize", responses=ERRORS, dependencies=[Depends(api_key)])  # the key before the body
-async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
-    state = state_of(request)
-    engine = state.engine
-    if body.messages is not None:
-        tokens = engine.render_chat([{"role": m.role, "content": m.text()} for m in body.messages])
-    else:
-        tokens = engine.tokenizer.encode(body.prompt or "", add_special_tokens=body.add_special_tokens)
-    strings = [engine.tokenizer.decode([t]) for t in tokens]
-    return {"tokens": tokens, "token_strs": strings, "count": len(tokens), "max_model_len": engine.max_model_len}
-
-
-@public.post("/detokenize", responses=ERRORS, dependencies=[Depends(api_key)])
-async def detokenize(body: DetokenizeRequest, request: Request) -> dict[str, str]:
-    state = state_of(request)
-    vocab = state.engine.shape.vocab_size
-    if any(not 0 <= t < vocab for t in body.tokens):
-        raise BadRequestError(f"token ids must be in [0, {vocab})", param="tokens")
-    return {"prompt": state.engine.tokenizer.decode(body.tokens)}
-
-
 @v1.get("/models")
 async def models(request: Request) -> dict[str, Any]:
-    return await state_of(request).model_list()
-
-
-@v1.post("/completions")
-async def completions(body: CompletionRequest, request: Request) -> Any:
+    """vLLM's model list (the base model, LoRA adapters) followed by every preset and experiment."""
     state = state_of(request)
-    return await state.serving.completion(body, request, request_id(request))
+    listed = await request.app.state.openai_serving_models.show_available_models()
+    data = listed.model_dump()["data"]
+    for card in data:
+        card["max_model_len"] = state.engine.max_model_len
+        if card["id"] == DEMO_NAME:
+            card["description"] = "toy demo reasoning model: chain arithmetic only, not a real reasoner"
+    return {"object": "list", "data": data + await state.steered_models()}
 
 
-@v1.post("/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
-    state = state_of(request)
-    return await state.serving.chat(body, request, request_id(request))
+@v1.get("/models/{model_id:path}")
+async def model(model_id: str, request: Request) -> dict[str, Any]:
+    """One model of `GET /v1/models`: the base model, a LoRA adapter, a preset or an experiment."""
+    for card in (await models(request))["data"]:
+        if card["id"] == model_id:
+            return card  # type: ignore[no-any-return]
+    raise ModelNotFoundError(f"model {model_id!r} does not exist", param="model")
 
 
 def _created(record: Any) -> VectorCreated:

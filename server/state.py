@@ -1,72 +1,67 @@
-"""Everything a route needs, built once per process."""
+"""Everything steerserve's routes need, built once per API process by the endpoint plugin's `init_state`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+from fastapi import Request
+
 from server.admin import Admin
 from server.auth import KeyPolicy
 from server.experiments import Experiments
 from server.metrics import ServerMetrics
-from server.serving_chat import ChatServing
-from server.settings import DEMO_NAME, ServerSettings
+from server.steering_sources import SteeringSources
 from steering.extract.jobs import ExtractionJobs
+from steering.settings import SteerserveSettings
 from steering.store.cache import CachedRegistry
+
+DEMO_NAME = "steerserve-demo"  # served name of the bundled toy model
 
 
 @dataclass
 class ServerState:
-    settings: ServerSettings
+    settings: SteerserveSettings
     engine: Any  # steering.engine.SteeringEngine (or a fake with the same surface in tests)
     registry: CachedRegistry
-    serving: ChatServing
+    sources: SteeringSources
     admin: Admin
     metrics: ServerMetrics
     keys: KeyPolicy
     served_model: str
+    model_path: str
     experiments: Experiments
     jobs: ExtractionJobs
 
-    async def model_list(self) -> dict[str, Any]:
-        base = {
-            "id": self.served_model,
+    def model_card(self, name: str, parent: str | None, description: str = "") -> dict[str, Any]:
+        card: dict[str, Any] = {
+            "id": name,
             "object": "model",
             "created": 0,
             "owned_by": "steerserve",
-            "root": self.settings.model,
-            "parent": None,
+            "root": self.model_path,
+            "parent": parent,
             "max_model_len": self.engine.max_model_len,
         }
-        if self.served_model == DEMO_NAME:
-            base["description"] = "toy demo reasoning model: chain arithmetic only, not a real reasoner"
+        if description:
+            card["description"] = description
+        return card
+
+    async def steered_models(self) -> list[dict[str, Any]]:
+        """Presets and experiments, each a model a client may name."""
         presets = await self.registry.store.list_presets()
-        data = [base] + [
-            {
-                "id": p.name,
-                "object": "model",
-                "created": 0,
-                "owned_by": "steerserve",
-                "root": self.settings.model,
-                "parent": self.served_model,
-                "description": p.description,
-            }
-            for p in presets
-        ]
-        data += [
-            {
-                "id": e["model"],
-                "object": "model",
-                "created": 0,
-                "owned_by": "steerserve",
-                "root": self.settings.model,
-                "parent": self.served_model,
-                "description": e.get("description", ""),
-            }
+        cards = [self.model_card(p.name, self.served_model, p.description) for p in presets]
+        cards += [
+            self.model_card(e["model"], self.served_model, e.get("description", ""))
             for e in await self.experiments.list()
         ]
-        return {"object": "list", "data": data}
+        return cards
 
     def sync_metrics(self) -> None:
         stats = self.registry.stats
         self.metrics.sync_cache(stats.hits, stats.misses, stats.stale, stats.errors)
+
+
+def state_of(request: Request) -> ServerState:
+    state: ServerState = request.app.state.steerserve
+    return state

@@ -9,6 +9,7 @@ before the engine sees the request.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -93,11 +94,17 @@ class SteeringSources:
         resolver: SpecResolver,
         served_model: str,
         experiments: Experiments | None = None,
+        adapters: Callable[[], Iterable[str]] = tuple,
     ) -> None:
         self.registry = registry
         self.resolver = resolver
         self.served_model = served_model
         self.experiments = experiments
+        self.adapters = adapters  # names vLLM serves itself besides the base model (LoRA adapters)
+
+    def served_by_vllm(self, model: str) -> bool:
+        """The base model or one of vLLM's LoRA adapters (else a preset or an experiment)."""
+        return model == self.served_model or model in set(self.adapters())
 
     async def for_request(
         self,
@@ -118,7 +125,7 @@ class SteeringSources:
             raise BadRequestError("send steering either in the body or in X-Steering, not both", param="steering")
         terms: list[SteeringTerm] = []
         preset_name: str | None = None
-        if model != self.served_model:
+        if not self.served_by_vllm(model):
             preset = await self.registry.preset(model)
             if preset is None:
                 raise ModelNotFoundError(f"model {model!r} does not exist", param="model")
@@ -151,7 +158,7 @@ class SteeringSources:
             raise BadRequestError(
                 "an experiment chooses the steering: drop 'steering' / X-Steering", param="experiment"
             )
-        if model != self.served_model and not model.startswith(EXPERIMENT_PREFIX):
+        if not self.served_by_vllm(model) and not model.startswith(EXPERIMENT_PREFIX):
             raise BadRequestError("an experiment runs on the base model, not on a preset", param="model")
         doc = await self.experiments.get(name)
         arm = pick_arm(name, doc["arms"], user)

@@ -43,7 +43,7 @@ async def put_experiment(name: str, body: ExperimentBody, request: Request) -> d
     state = state_of(request)
     for arm in body.arms:  # every arm's vectors, presets and limits are checked now, not at request time
         if arm.steering is not None:
-            await state.serving.sources.for_request(state.served_model, arm.steering, None)
+            await state.sources.for_request(state.served_model, arm.steering, None)
     return await state.experiments.put(name, body)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -9,6 +10,8 @@ from steering import __version__
 from steering.spec import SITES, SteeringLimits
 
 ADDITIONAL_CONFIG_KEY = "steerserve"
+PLUGIN_NAME = "steerserve"  # the general plugin's entry-point name, as `VLLM_PLUGINS` lists it
+ENDPOINT_PLUGIN_NAME = "steerserve_api"  # the endpoint plugin's
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 
 
@@ -45,3 +48,23 @@ class EngineSteeringConfig:
             capture_tokens=int(data.get("capture_tokens", 0)),
             plugin_version=str(data.get("plugin_version", __version__)),
         )
+
+
+def named_in_vllm_plugins() -> bool:
+    """True when `VLLM_PLUGINS` explicitly allow-lists the steerserve general plugin."""
+    names = os.environ.get("VLLM_PLUGINS")
+    return names is not None and PLUGIN_NAME in {n.strip() for n in names.split(",")}
+
+
+def steering_config_of(vllm_config: Any) -> EngineSteeringConfig | None:
+    """The engine's steering config: `additional_config["steerserve"]` (what `steerserve serve` sets; a partial
+    dict fills in from the environment), else the `STEERSERVE_*` environment when `VLLM_PLUGINS` names this
+    plugin (plain `vllm serve`), else None: this engine is not steered."""
+    extra = getattr(vllm_config, "additional_config", None) or {}
+    data = extra.get(ADDITIONAL_CONFIG_KEY)
+    if data is None and not named_in_vllm_plugins():
+        return None
+    from steering.settings import SteerserveSettings
+
+    base = SteerserveSettings().engine_config().to_dict()
+    return EngineSteeringConfig.from_dict({**base, **(data or {})})

@@ -9,6 +9,7 @@ hash, so steered KV is never shared with other configs or with unsteered request
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections import OrderedDict
@@ -20,7 +21,7 @@ import numpy as np
 
 from steering.admission import ConfigAdmission
 from steering.capture import ActivationCapture, Activations
-from steering.config import ADDITIONAL_CONFIG_KEY, SUPPORTED_ARCHITECTURES, EngineSteeringConfig
+from steering.config import ADDITIONAL_CONFIG_KEY, SUPPORTED_ARCHITECTURES, EngineSteeringConfig, steering_config_of
 from steering.errors import UnsupportedModelError
 from steering.spec import ModelShape, ResolvedSpec, SteeringTerm, VectorLookup, resolve_spec
 from steering.vectors import SteeringVector
@@ -93,9 +94,6 @@ def engine_args(settings: EngineSettings) -> Any:
         kwargs["kv_cache_memory_bytes"] = settings.kv_cache_memory_bytes
     kwargs.update(dict(settings.extra))
     if settings.steering is not None:
-        from steering.vllm_plugin.worker import WORKER_EXTENSION
-
-        kwargs["worker_extension_cls"] = WORKER_EXTENSION
         # additional_config is hashed into vLLM's compile-cache key: artifacts built with different plugin
         # versions or table sizes never load for each other.
         kwargs["additional_config"] = {ADDITIONAL_CONFIG_KEY: settings.steering.to_dict()}
@@ -105,12 +103,11 @@ def engine_args(settings: EngineSettings) -> Any:
 class SteeringEngine:
     """One vLLM `AsyncLLM` plus the steering bookkeeping of the API process."""
 
-    def __init__(self, llm: Any, settings: EngineSettings, shape: ModelShape, tokenizer: Any) -> None:
+    def __init__(self, llm: Any, shape: ModelShape, tokenizer: Any, steering: EngineSteeringConfig | None) -> None:
         self.llm = llm
-        self.settings = settings
         self.shape = shape
         self.tokenizer = tokenizer
-        steering = settings.steering
+        self.steering_config = steering
         self.steering_enabled = steering is not None
         self.limits = steering.limits if steering is not None else None
         self.admission = ConfigAdmission(steering.max_configs if steering is not None else 1)
@@ -125,6 +122,20 @@ class SteeringEngine:
             steering.capture_tokens if steering is not None else 0,
             int(llm.model_config.max_model_len),
         )
+
+    @classmethod
+    def attach(cls, llm: Any) -> SteeringEngine:
+        """The steering half of the API process around an engine client vLLM already started (its own server's):
+        the steering config is the one the workers read (`steering_config_of`)."""
+        from transformers import AutoTokenizer
+
+        model_config = llm.model_config
+        steering = steering_config_of(llm.vllm_config)
+        shape = model_shape(model_config.model, require_supported=steering is not None)
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_config.tokenizer, trust_remote_code=bool(model_config.trust_remote_code)
+        )
+        return cls(llm, shape, tokenizer, steering)
 
     @classmethod
     def create(cls, settings: EngineSettings) -> SteeringEngine:
@@ -143,7 +154,7 @@ class SteeringEngine:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(settings.model)
-        return cls(llm, settings, shape, tokenizer)
+        return cls(llm, shape, tokenizer, settings.steering)
 
     # ---- steering specs -----------------------------------------------------------------------------------
     def encode_single_token(self, text: str) -> list[int]:
@@ -154,7 +165,7 @@ class SteeringEngine:
         """Validate terms against the registry and this model (raises `SteeringError` with the field named)."""
         if self.limits is None:
             raise UnsupportedModelError("this engine was started without steering")
-        sites = self.settings.steering.sites if self.settings.steering is not None else ()
+        sites = self.steering_config.sites if self.steering_config is not None else ()
         return resolve_spec(terms, lookup, self.shape, self.limits, self.encode_single_token, sites)
 
     async def load_vectors(self, vectors: Iterable[SteeringVector]) -> None:
@@ -192,6 +203,24 @@ class SteeringEngine:
         return stats
 
     # ---- generation ---------------------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def steered(self, spec: ResolvedSpec | None) -> AsyncIterator[None]:
+        """Around one request's whole life: wait for admission of its config (all slots taken: it waits), keep its
+        vectors from eviction and load them into every worker. A no-op spec (or None) passes straight through."""
+        if spec is None or spec.is_noop:
+            yield
+            return
+        if not self.steering_enabled:
+            raise UnsupportedModelError("this engine was started without steering")
+        held = set(spec.vector_hashes)
+        async with self.admission.admit(spec.config_hash):
+            self._hold(held)
+            try:
+                await self.load_vectors(t.vector for t in spec.terms if t.vector is not None)
+                yield
+            finally:
+                self._release(held)
+
     async def generate(
         self,
         prompt: Prompt,
@@ -200,31 +229,20 @@ class SteeringEngine:
         steering: ResolvedSpec | None = None,
         cache_salt: str | None = None,
     ) -> AsyncIterator[Any]:
-        """Stream `RequestOutput`s; a steered request waits here while all config slots are taken."""
+        """Stream `RequestOutput`s (the library path: benchmarks, extraction); a steered request waits here while
+        all config slots are taken."""
         spec = steering if steering is not None and not steering.is_noop else None
-        if spec is not None and not self.steering_enabled:
-            raise UnsupportedModelError("this engine was started without steering")
-        key = spec.config_hash if spec is not None else None
-        async with self.admission.admit(key):
-            inputs: dict[str, Any] = (
-                {"prompt": prompt} if isinstance(prompt, str) else {"prompt_token_ids": list(prompt)}
-            )
-            params, salt, held = sampling_params, cache_salt, set[str]()
-            if spec is not None:
-                params = sampling_params.clone()
-                params.extra_args = {**(params.extra_args or {}), "steerserve": spec.engine_payload()}
-                salt = f"steer:{spec.config_hash}" + (f"|{cache_salt}" if cache_salt else "")
-                held = set(spec.vector_hashes)
-            if salt:
-                inputs["cache_salt"] = salt
-            self._hold(held)
-            try:
-                if spec is not None:
-                    await self.load_vectors(t.vector for t in spec.terms if t.vector is not None)
-                async for output in self.llm.generate(inputs, params, request_id):
-                    yield output
-            finally:
-                self._release(held)
+        inputs: dict[str, Any] = {"prompt": prompt} if isinstance(prompt, str) else {"prompt_token_ids": list(prompt)}
+        params, salt = sampling_params, cache_salt
+        if spec is not None:
+            params = sampling_params.clone()
+            params.extra_args = {**(params.extra_args or {}), **spec.engine_fields()}
+            salt = spec.cache_salt(cache_salt)
+        if salt:
+            inputs["cache_salt"] = salt
+        async with self.steered(spec):
+            async for output in self.llm.generate(inputs, params, request_id):
+                yield output
 
     def _hold(self, hashes: set[str]) -> None:
         for sha in hashes:

@@ -170,6 +170,15 @@ class ResolvedSpec:
         """The JSON-able form that travels in `SamplingParams.extra_args` (hashes, no names)."""
         return {"hash": self.config_hash, "terms": [t.canonical() for t in self.terms]}
 
+    def engine_fields(self) -> dict[str, str]:
+        """What a request carries to the workers: vLLM's `vllm_xargs` / `SamplingParams.extra_args` are flat, so
+        the payload travels as JSON under one key."""
+        return {"steerserve": json.dumps(self.engine_payload(), separators=(",", ":"))}
+
+    def cache_salt(self, existing: str | None = None) -> str:
+        """The prefix-cache salt: steered KV is never shared with another config or with unsteered requests."""
+        return f"steer:{self.config_hash}" + (f"|{existing}" if existing else "")
+
     def describe(self) -> dict[str, Any]:
         return {"config_hash": self.config_hash, "terms": [t.describe() for t in self.terms]}
 

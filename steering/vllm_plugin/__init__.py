@@ -1,8 +1,8 @@
-"""The vLLM plugin: `register()` is the `vllm.general_plugins` entry point (runs in every vLLM process).
+"""The vLLM general plugin: `register()` is the `vllm.general_plugins` entry point (runs in every vLLM process).
 
-It only wraps runner hook points; the steering state is built in a worker after its model loads, and only
-for engines created with a steerserve config in `additional_config` — other engines in the same environment
-are left as they are.
+It wraps runner hook points and adds the worker RPC methods; the steering state is built in a worker after its
+model loads, and only for engines that asked for steering (a steerserve config in `additional_config`, or
+`VLLM_PLUGINS` naming this plugin) — other engines in the same environment are left as they are.
 """
 
 from __future__ import annotations
@@ -10,5 +10,7 @@ from __future__ import annotations
 
 def register() -> None:
     from steering.vllm_plugin.runner import patch_runners
+    from steering.vllm_plugin.worker import install_worker_methods
 
     patch_runners()
+    install_worker_methods()

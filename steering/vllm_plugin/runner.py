@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from steering.config import ADDITIONAL_CONFIG_KEY, EngineSteeringConfig
+from steering.config import steering_config_of
 from steering.errors import UnsupportedModelError
 from steering.vllm_plugin import layers as layer_patch
 from steering.vllm_plugin.layout import token_layout
@@ -28,12 +28,6 @@ from steering.vllm_plugin.state import SteeringState
 
 logger = logging.getLogger("steerserve.plugin")
 STATE_ATTR = "_steerserve_state"
-
-
-def steering_config_of(vllm_config: Any) -> EngineSteeringConfig | None:
-    extra = getattr(vllm_config, "additional_config", None) or {}
-    data = extra.get(ADDITIONAL_CONFIG_KEY)
-    return EngineSteeringConfig.from_dict(data) if data else None
 
 
 def unsupported_mode(vllm_config: Any) -> str | None:

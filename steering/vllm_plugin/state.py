@@ -7,6 +7,7 @@ an exception in a worker kills the engine, so the API process validates first an
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -132,6 +133,8 @@ class SteeringState:
         if self.capture is not None:
             self.capture.attach(req_id, extra_args)
         payload = (extra_args or {}).get("steerserve")
+        if isinstance(payload, str):  # through an HTTP route: vLLM's `vllm_xargs` is flat, so the spec is JSON
+            payload = json.loads(payload)
         if not payload:
             return
         key = str(payload["hash"])

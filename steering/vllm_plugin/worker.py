@@ -1,4 +1,9 @@
-"""Worker extension (`worker_extension_cls`): methods the engine calls on every rank via `collective_rpc`."""
+"""Worker-side RPC methods, mixed into vLLM's `WorkerBase` by the plugin's `register()`.
+
+The API process calls them on every rank with `collective_rpc("steerserve_...")`, the way LoRA's `add_lora`
+travels. Mixing them into the base class (rather than asking for `--worker-extension-cls`) means plain
+`vllm serve` with the plugin allow-listed gets them too, on CPU and GPU workers alike.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,9 @@ from typing import Any
 from steering.vllm_plugin.runner import state_of
 from steering.vllm_plugin.state import SteeringState
 
-WORKER_EXTENSION = "steering.vllm_plugin.worker.SteeringWorkerExtension"
 
-
-class SteeringWorkerExtension:
-    """Mixed into vLLM's Worker; `self.model_runner` is the runner whose state the plugin built."""
+class SteeringWorkerMethods:
+    """`self.model_runner` is the runner whose state the plugin built."""
 
     model_runner: Any
 
@@ -38,3 +41,12 @@ class SteeringWorkerExtension:
         stats = self._steering_state().stats()
         stats["runner"] = f"{type(self.model_runner).__module__}.{type(self.model_runner).__name__}"
         return stats
+
+
+def install_worker_methods() -> None:
+    """Idempotent: add the `steerserve_*` methods to vLLM's worker base class."""
+    from vllm.v1.worker.worker_base import WorkerBase
+
+    for name, method in vars(SteeringWorkerMethods).items():
+        if name.startswith(("steerserve_", "_steering_state")) and not hasattr(WorkerBase, name):
+            setattr(WorkerBase, name, method)

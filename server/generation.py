@@ -1,0 +1,232 @@
+"""Steering on vLLM's own generation routes.
+
+For each of `POST /v1/chat/completions`, `/v1/completions`, `/v1/responses` and `/v1/messages` the endpoint
+plugin registers a route that replaces vLLM's (same path and method) and wraps vLLM's own endpoint function:
+
+1. resolve the request's steering (body `steering`, a preset as `model`, `X-Steering`, an experiment) in this
+   process, against the registry; any problem is a 4xx in that API's own error shape and nothing reaches the
+   engine;
+2. hand it over as vLLM's own request fields: `vllm_xargs["steerserve"]` (→ `SamplingParams.extra_args`) and
+   `cache_salt` (the config hash), with `model` set to the base model when a preset or experiment named it;
+3. hold the config's admission and its vectors for the request's whole life (the stream's, when streamed);
+4. call vLLM's endpoint (tools, reasoning parsers, structured outputs, LoRA, cancellation: all vLLM's);
+5. add the `steering` object (terms, versions, hash, preset, arm, reflection markers) and the
+   `X-Steering-Config` / `X-Steering-Arm` headers to what it returns, streamed or not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import time
+import typing
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
+from pydantic import TypeAdapter, ValidationError
+
+from server.errors import BadRequestError, error_response
+from server.observe import Observation, Texts
+from server.protocol import SteeringField
+from server.state import state_of
+from server.steering_sources import HEADER, RequestSteering
+
+GENERATION_ROUTES = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/responses": "responses",
+    "/v1/messages": "messages",
+}
+OUR_FIELDS = ("steering", "experiment")
+_STEERING = TypeAdapter(SteeringField)
+Endpoint = Callable[..., Awaitable[Any]]
+
+
+def steer_generation_routes(app: FastAPI) -> list[str]:
+    """Register a steered route over each of vLLM's generation routes present on `app`; returns their paths."""
+    replaced = []
+    for route in list(app.router.routes):
+        if not (isinstance(route, APIRoute) and route.path in GENERATION_ROUTES and "POST" in route.methods):
+            continue
+        kind = GENERATION_ROUTES[route.path]
+        body_model = typing.get_type_hints(inspect.unwrap(route.endpoint))["request"]
+        app.router.add_api_route(
+            route.path,
+            _steered_endpoint(route.endpoint, body_model, kind),
+            methods=["POST"],
+            dependencies=list(route.dependencies),
+            responses=dict(route.responses),
+            summary=route.summary,
+            description=(route.description or "") + "\n\nSteered by steerserve: `steering`, a preset as `model`, "
+            "`X-Steering`, or an experiment.",
+            name=route.name,
+        )
+        replaced.append(route.path)
+    return replaced
+
+
+def _steered_endpoint(original: Endpoint, body_model: Any, kind: str) -> Endpoint:
+    async def endpoint(request: Any, raw_request: Request) -> Response:
+        return await handle(kind, original, request, raw_request)
+
+    endpoint.__annotations__ = {"request": body_model, "raw_request": Request, "return": Response}
+    endpoint.__name__ = getattr(original, "__name__", "endpoint")
+    endpoint.__doc__ = original.__doc__
+    return endpoint
+
+
+async def _our_fields(request: Any, raw_request: Request) -> dict[str, Any]:
+    """`steering` / `experiment` from the body (vLLM's Anthropic model drops unknown fields, so read the JSON)."""
+    extra = getattr(request, "model_extra", None)
+    if extra is not None and not any(name in extra for name in OUR_FIELDS):
+        return {}
+    body = await raw_request.json()
+    found = {name: body[name] for name in OUR_FIELDS if isinstance(body, dict) and name in body}
+    for name in OUR_FIELDS:
+        if extra is not None:
+            extra.pop(name, None)  # handled here: vLLM need not warn that it ignores them
+    return found
+
+
+def _parse(fields: dict[str, Any]) -> tuple[Any, str | None]:
+    try:
+        steering = _STEERING.validate_python(fields.get("steering"))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise BadRequestError(f"steering is invalid: {where}: {first.get('msg')}", param="steering") from None
+    experiment = fields.get("experiment")
+    if experiment is not None and not isinstance(experiment, str):
+        raise BadRequestError("experiment must be a string", param="experiment")
+    return steering, experiment
+
+
+def api_error(kind: str, exc: Exception) -> JSONResponse:
+    """Our error in the API's own shape: OpenAI's `{"error": {...}}`, or Anthropic's for /v1/messages."""
+    response = error_response(exc)
+    if kind != "messages":
+        return response
+    error = json.loads(bytes(response.body))["error"]
+    body = {"type": "error", "error": {"type": error["type"], "message": error["message"]}}
+    return JSONResponse(body, status_code=response.status_code, headers=dict(response.headers) | {})
+
+
+async def handle(kind: str, original: Endpoint, request: Any, raw_request: Request) -> Response:
+    state = state_of(raw_request)
+    started = time.perf_counter()
+    asked = getattr(request, "model", None) or state.served_model
+    stack = contextlib.AsyncExitStack()
+    try:
+        steering, experiment = _parse(await _our_fields(request, raw_request))
+        user = getattr(request, "user", None)
+        chosen = await state.sources.for_request(
+            asked, steering, raw_request.headers.get(HEADER), experiment, user if isinstance(user, str) else None
+        )
+        if not state.sources.served_by_vllm(asked):
+            request.model = state.served_model  # a preset or an experiment: vLLM serves its base model
+        if chosen.steered and chosen.spec is not None:
+            request.vllm_xargs = {**(request.vllm_xargs or {}), **chosen.spec.engine_fields()}
+            request.cache_salt = chosen.spec.cache_salt(request.cache_salt)
+        await stack.enter_async_context(state.engine.steered(chosen.spec if chosen.steered else None))
+    except Exception as exc:  # noqa: BLE001 - every failure before the engine is this API's own error response
+        await stack.aclose()
+        return api_error(kind, exc)
+    observation = Observation(state, chosen, kind, started)
+    try:
+        response = await original(request=request, raw_request=raw_request)
+    except BaseException:
+        await stack.aclose()
+        observation.finish("error", Texts())
+        raise
+    headers = _headers(chosen)
+    if isinstance(response, StreamingResponse):
+        response.body_iterator = _stream(kind, response.body_iterator, observation, asked, stack)
+        response.headers.update(headers)
+        return response
+    await stack.aclose()
+    return _decorate(kind, response, observation, asked, headers)
+
+
+def _headers(chosen: RequestSteering) -> dict[str, str]:
+    headers = {"X-Steering-Config": chosen.header_value}
+    if chosen.experiment and chosen.arm:
+        headers["X-Steering-Arm"] = chosen.arm
+    return headers
+
+
+def _decorate(kind: str, response: Any, observation: Observation, asked: str, headers: dict[str, str]) -> Response:
+    if not isinstance(response, JSONResponse) or response.status_code >= 400:
+        observation.finish("error", Texts())
+        if isinstance(response, Response):
+            response.headers.update(headers)
+        return response  # type: ignore[no-any-return]
+    body = json.loads(bytes(response.body))
+    texts = Texts.of_response(kind, body)
+    body["steering"] = observation.finish("success", texts)
+    if "model" in body:
+        body["model"] = asked
+    kept = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
+    return JSONResponse(body, status_code=response.status_code, headers=kept | headers)
+
+
+async def _stream(
+    kind: str, chunks: AsyncIterator[Any], observation: Observation, asked: str, stack: contextlib.AsyncExitStack
+) -> AsyncIterator[str]:
+    """vLLM's SSE stream, its text followed to count reflection; the `steering` object rides on the last event
+    (chat/completions: an extra chunk with no choices before `[DONE]`; responses: `response.completed`;
+    messages: `message_delta`)."""
+    texts = Texts()
+    status = "aborted"
+    try:
+        async for chunk in chunks:
+            text = chunk.decode() if isinstance(chunk, bytes) else str(chunk)
+            out: list[str] = []
+            for event in text.split("\n\n"):
+                if not event.strip():
+                    continue
+                out.append(_stream_event(kind, event, texts, observation, asked))
+                if event.startswith("data: [DONE]"):
+                    status = "success"
+            yield "".join(out)
+        if kind in ("responses", "messages") and status != "success" and texts.finished:
+            status = "success"
+    finally:
+        await stack.aclose()
+        if not observation.finished:
+            observation.finish(status if texts.finished or status == "success" else "aborted", texts)
+
+
+def _stream_event(kind: str, event: str, texts: Texts, observation: Observation, asked: str) -> str:
+    lines = event.split("\n")
+    data_at = next((i for i, line in enumerate(lines) if line.startswith("data: ")), None)
+    if data_at is None:
+        return event + "\n\n"  # a comment (keep-alive) or an event line alone
+    payload = lines[data_at][len("data: ") :]
+    if payload == "[DONE]":
+        texts.finished = True
+        last = {"object": f"{'chat.completion' if kind == 'chat' else 'text_completion'}.chunk", "model": asked}
+        last |= {"choices": [], "steering": observation.finish("success", texts)}
+        return f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n"
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return event + "\n\n"
+    observation.token()
+    texts.feed(kind, data)
+    if kind == "responses" and data.get("type") == "response.completed":
+        texts.finished = True
+        data["response"]["steering"] = observation.finish("success", texts)
+        data["response"]["model"] = asked
+    elif kind == "messages" and data.get("type") == "message_delta":
+        texts.finished = True
+        data["steering"] = observation.finish("success", texts)
+    elif kind == "messages" and data.get("type") == "message_start":
+        data.get("message", {})["model"] = asked
+    elif "model" in data:
+        data["model"] = asked
+    lines[data_at] = "data: " + json.dumps(data, separators=(",", ":"))
+    return "\n".join(lines) + "\n\n"

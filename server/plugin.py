@@ -1,0 +1,153 @@
+"""The `vllm.endpoint_plugins` entry point: steerserve's HTTP side on vLLM's own app.
+
+`attach_router` puts steering on vLLM's generation routes (`server.generation`) and adds steerserve's own
+routes (models with presets, the registry, experiments, extraction jobs, the playground); `init_state` builds
+their state around vLLM's engine client. Engine-side behaviour is the paired general plugin's
+(`steering.vllm_plugin`); this side reaches the workers only through `steering.engine.SteeringEngine`, which
+calls that plugin's RPC methods.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from argparse import Namespace
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.datastructures import State
+
+from server import routes
+from server.admin import Admin
+from server.auth import KeyPolicy
+from server.errors import install_error_handlers
+from server.experiments import Experiments
+from server.generation import steer_generation_routes
+from server.metrics import ServerMetrics
+from server.state import ServerState
+from server.steering_sources import SteeringSources
+from server.workflow_routes import workflow
+from steering.config import ENDPOINT_PLUGIN_NAME
+from steering.extract.jobs import ExtractionJobs
+from steering.settings import SteerserveSettings
+from steering.store.base import VectorStore
+from steering.store.cache import CachedRegistry
+
+logger = logging.getLogger("steerserve.server")
+_METRICS: ServerMetrics | None = None
+
+
+def shared_metrics() -> ServerMetrics:
+    """One set of families per process (prometheus-client refuses duplicates in its default registry)."""
+    global _METRICS
+    if _METRICS is None:
+        _METRICS = ServerMetrics()
+    return _METRICS
+
+
+class SteerserveEndpoints:
+    """What vLLM's `build_app` / `init_app_state` call (see `vllm/plugins/endpoint_plugins/interface.py`)."""
+
+    name = ENDPOINT_PLUGIN_NAME
+    required_tasks = ("generate",)
+
+    def attach_router(self, app: FastAPI) -> None:
+        replaced = steer_generation_routes(app)
+        logger.info("steerserve: steering on %s", ", ".join(replaced))
+        app.include_router(routes.public)
+        app.include_router(routes.v1)
+        app.include_router(routes.admin)
+        app.include_router(workflow)
+        install_error_handlers(app)
+
+    async def init_state(self, engine_client: Any, state: State, args: Namespace) -> None:
+        if engine_client is None:
+            raise RuntimeError("steerserve needs an engine (vLLM's render-only server has none)")
+        state.steerserve = await build_state(engine_client, state, args, SteerserveSettings())
+
+
+def endpoint_plugin() -> SteerserveEndpoints:
+    """The entry point (a zero-argument factory)."""
+    return SteerserveEndpoints()
+
+
+def open_store(settings: SteerserveSettings, namespace: str) -> VectorStore:
+    if settings.redis_url:
+        from steering.store.redis_store import RedisStore
+
+        return RedisStore(settings.redis_url, namespace)
+    from steering.store.embedded import EmbeddedStore
+
+    return EmbeddedStore(Path(settings.data_dir) / "registry.sqlite3", namespace)
+
+
+async def build_state(
+    engine_client: Any,
+    app_state: State,
+    args: Namespace,
+    settings: SteerserveSettings,
+    store: VectorStore | None = None,
+) -> ServerState:
+    from steering.engine import SteeringEngine
+
+    engine = SteeringEngine.attach(engine_client)
+    served = (args.served_model_name or [args.model])[0]
+    store = store if store is not None else open_store(settings, settings.registry_namespace or served)
+    await install_model_assets(store, Path(args.model), engine.shape.fingerprint())
+    registry = CachedRegistry(store)
+    await registry.start()
+    experiments = Experiments(store)
+    vllm_models = getattr(app_state, "openai_serving_models", None)
+    sources = SteeringSources(
+        registry,
+        engine,
+        served,
+        experiments,
+        adapters=lambda: tuple(getattr(vllm_models, "lora_requests", {}) or ()),
+    )
+    metrics = shared_metrics()
+    metrics.track_waiting(lambda: float(engine.admission.waiting))
+    metrics.track_registry(lambda: registry.stats)
+    admin = Admin(registry, sources, engine.shape)
+    return ServerState(
+        settings=settings,
+        engine=engine,
+        registry=registry,
+        sources=sources,
+        admin=admin,
+        metrics=metrics,
+        keys=KeyPolicy(list(args.api_key or []), settings.admin_key),
+        served_model=served,
+        model_path=str(args.model),
+        experiments=experiments,
+        jobs=ExtractionJobs(
+            engine, store, admin.fingerprint(), lambda vector_id: registry.invalidate("vector", vector_id)
+        ),
+    )
+
+
+async def install_model_assets(store: VectorStore, model_dir: Path, fingerprint: dict[str, Any]) -> None:
+    """A model directory with a `steerserve/` folder (the bundled demo) brings its vectors and presets: they
+    are registered on first start."""
+    from safetensors.numpy import load_file
+
+    from steering.spec import SteeringTerm
+    from steering.store.base import Preset
+    from steering.vectors import VectorDefaults
+
+    meta_path = model_dir / "steerserve" / "reflection.json"
+    if not meta_path.exists():
+        return
+    meta = json.loads(meta_path.read_text())
+    if await store.latest_version(meta["id"]) is None:
+        tensors = load_file(str(model_dir / "steerserve" / "reflection.safetensors"))
+        layers = {int(name.split(".")[1]): values for name, values in tensors.items()}
+        d = meta["defaults"]
+        defaults = VectorDefaults(d["strength"], d["op"], d["site"], d["positions"], tuple(d["layers"]))
+        await store.add_vector(meta["id"], layers, defaults, meta["description"], meta["provenance"], fingerprint)
+        logger.info("registered the model's %r vector", meta["id"])
+    for name, body in meta["presets"].items():
+        if await store.get_preset(name) is None:
+            terms = [SteeringTerm.model_validate(t) for t in body["steering"]]
+            await store.put_preset(Preset(name=name, steering=terms, description=body["description"]))

@@ -1,0 +1,61 @@
+"""steerserve's own settings: each field is an environment variable `STEERSERVE_<FIELD>` and, on
+`steerserve serve`, a flag added to vLLM's own parser (`--max-steering-configs` for `max_steering_configs`).
+
+Every process reads the same environment: the API process (registry, limits, auth for writes) and, on the
+plain `vllm serve` path, vLLM's workers (the table sizes). Engine flags are vLLM's alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import get_args
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from steering.config import EngineSteeringConfig
+from steering.spec import Site, SteeringLimits
+
+ENV_PREFIX = "STEERSERVE_"
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "steerserve"
+
+
+class SteerserveSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    redis_url: str | None = Field(
+        default=None, description="Redis URL for the shared vector registry. Default: embedded store in --data-dir."
+    )
+    data_dir: Path = Field(default_factory=default_data_dir, description="Embedded store and fetched models.")
+    registry_namespace: str | None = Field(
+        default=None, description="Registry key namespace (default: the served model name)."
+    )
+    admin_key: str | None = Field(
+        default=None, description="Bearer key for steering writes; also accepted wherever --api-key is."
+    )
+    max_steering_configs: int = Field(default=32, ge=1, description="Distinct steering configs in flight at once.")
+    max_strength: float = Field(default=1000.0, gt=0, description="Largest |strength| a term may ask for.")
+    steering_sites: list[Site] = Field(
+        default_factory=lambda: list(get_args(Site)),
+        min_length=1,
+        description="Sites with the steering op compiled in; requests for others get 400. Every enabled site "
+        "costs on every step, steered or not (GPU figures: benchmarks/results/steering_op_gpu.md).",
+    )
+    max_terms_per_site: int = Field(
+        default=4, ge=1, le=16, description="Terms that may share one (layer, site): the op's channel count K."
+    )
+    capture_tokens: int = Field(
+        default=1024, ge=0, description="Activation rows capturable per step for extraction jobs (0: no capture)."
+    )
+    max_vector_bytes: int = Field(default=64 * 1024 * 1024, description="Largest vector upload body in bytes.")
+
+    def engine_config(self) -> EngineSteeringConfig:
+        return EngineSteeringConfig(
+            max_configs=self.max_steering_configs,
+            limits=SteeringLimits(max_strength=self.max_strength, max_terms_per_site=self.max_terms_per_site),
+            sites=tuple(self.steering_sites),
+            capture_tokens=self.capture_tokens,
+        )
