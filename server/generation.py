@@ -17,10 +17,8 @@ plugin registers a route that replaces vLLM's (same path and method) and wraps v
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import time
-import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -49,12 +47,13 @@ Endpoint = Callable[..., Awaitable[Any]]
 def steer_generation_routes(app: FastAPI) -> list[str]:
     """Register a steered route over each of vLLM's generation routes present on `app`; returns their paths."""
     replaced = []
-    for route in list(app.router.routes):
+    routes = app.router.routes
+    for index, route in enumerate(list(routes)):
         if not (isinstance(route, APIRoute) and route.path in GENERATION_ROUTES and "POST" in route.methods):
             continue
         kind = GENERATION_ROUTES[route.path]
-        body_model = typing.get_type_hints(inspect.unwrap(route.endpoint))["request"]
-        app.router.add_api_route(
+        body_model = route.dependant.body_params[0].field_info.annotation  # vLLM's own request model, resolved
+        steered = APIRoute(
             route.path,
             _steered_endpoint(route.endpoint, body_model, kind),
             methods=["POST"],
@@ -65,6 +64,7 @@ def steer_generation_routes(app: FastAPI) -> list[str]:
             "`X-Steering`, or an experiment.",
             name=route.name,
         )
+        routes[index] = steered  # in vLLM's place (other methods on the path stay vLLM's)
         replaced.append(route.path)
     return replaced
 
@@ -80,16 +80,15 @@ def _steered_endpoint(original: Endpoint, body_model: Any, kind: str) -> Endpoin
 
 
 async def _our_fields(request: Any, raw_request: Request) -> dict[str, Any]:
-    """`steering` / `experiment` from the body (vLLM's Anthropic model drops unknown fields, so read the JSON)."""
-    extra = getattr(request, "model_extra", None)
-    if extra is not None and not any(name in extra for name in OUR_FIELDS):
+    """`steering` / `experiment` from the body as sent (vLLM's models drop or only warn about unknown fields)."""
+    body = await raw_request.json()  # Starlette keeps the body FastAPI already read
+    if not isinstance(body, dict):
         return {}
-    body = await raw_request.json()
-    found = {name: body[name] for name in OUR_FIELDS if isinstance(body, dict) and name in body}
+    extra = getattr(request, "model_extra", None)
     for name in OUR_FIELDS:
         if extra is not None:
-            extra.pop(name, None)  # handled here: vLLM need not warn that it ignores them
-    return found
+            extra.pop(name, None)
+    return {name: body[name] for name in OUR_FIELDS if name in body}
 
 
 def _parse(fields: dict[str, Any]) -> tuple[Any, str | None]:

@@ -29,6 +29,7 @@ from steering.settings import ENV_PREFIX, SteerserveSettings
 
 logger = logging.getLogger("steerserve.server")
 DEFAULT_TOOL_PARSER = "hermes"
+DEMO_REASONING_PARSER = "deepseek_r1"
 
 
 def demo_model_dir() -> Path:
@@ -97,6 +98,8 @@ def apply_model_defaults(args: Namespace, argv: Sequence[str], settings: Steerse
             args.dtype = DEMO_DTYPE
         if args.kv_cache_memory_bytes is None:
             args.kv_cache_memory_bytes = int(DEMO_KV_CACHE_GIB * 2**30)
+        if not args.reasoning_parser:
+            args.reasoning_parser = DEMO_REASONING_PARSER  # the toy thinks in <think> ... </think>
     elif args.model in CATALOG:
         name = args.model
         args.model = str(fetch(name, Path(settings.data_dir), log=logger.info))

@@ -88,10 +88,13 @@ async def build_state(
     args: Namespace,
     settings: SteerserveSettings,
     store: VectorStore | None = None,
+    engine: Any = None,
 ) -> ServerState:
+    """`engine` and `store` are for tests (a fake engine, a store of their own); else both come from vLLM's
+    engine client and the settings."""
     from steering.engine import SteeringEngine
 
-    engine = SteeringEngine.attach(engine_client)
+    engine = engine if engine is not None else SteeringEngine.attach(engine_client)
     served = (args.served_model_name or [args.model])[0]
     store = store if store is not None else open_store(settings, settings.registry_namespace or served)
     await install_model_assets(store, Path(args.model), engine.shape.fingerprint())

@@ -136,7 +136,7 @@ async def test_safetensors_of_our_layout_imports(client: Any) -> None:
         (npy(np.ones((NUM_LAYERS + 1, HIDDEN), np.float32)), {}, "file"),
         (save({"weights": np.ones(HIDDEN, np.float32)}), {}, "file"),  # not layer.<L>
         (npy(np.ones((NUM_LAYERS, HIDDEN), np.float32)), {"format": "gguf"}, "file"),  # not what it says
-        (npy(np.ones((NUM_LAYERS, HIDDEN), np.float32)), {"format": "onnx"}, "format"),
+        (npy(np.ones((NUM_LAYERS, HIDDEN), np.float32)), {"format": "onnx"}, "body.format"),
         (npy(np.ones((NUM_LAYERS, HIDDEN), np.float32)), {"defaults": "{not json"}, "defaults"),
     ],
 )
