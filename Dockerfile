@@ -18,11 +18,11 @@ RUN apt-get update && apt-get install -y --no-install-recommends libnuma1 libgom
 WORKDIR /opt/steerserve
 COPY --from=source /src ./
 RUN bash scripts/install.sh cpu
-ENV PATH=/opt/steerserve/.venv/bin:$PATH STEERSERVE_HOST=0.0.0.0 STEERSERVE_DATA_DIR=/data VLLM_CPU_KVCACHE_SPACE=4
+ENV PATH=/opt/steerserve/.venv/bin:$PATH STEERSERVE_DATA_DIR=/data VLLM_CPU_KVCACHE_SPACE=4
 VOLUME /data
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 CMD curl -fsS http://127.0.0.1:8000/health || exit 1
-ENTRYPOINT ["steerserve", "serve"]
+ENTRYPOINT ["steerserve", "serve", "--host", "0.0.0.0", "--port", "8000"]
 
 FROM nvidia/cuda:12.8.1-runtime-ubuntu24.04 AS cuda
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
@@ -31,8 +31,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends python3 python3
 WORKDIR /opt/steerserve
 COPY --from=source /src ./
 RUN bash scripts/install.sh cuda
-ENV PATH=/opt/steerserve/.venv/bin:$PATH STEERSERVE_HOST=0.0.0.0 STEERSERVE_DATA_DIR=/data
+ENV PATH=/opt/steerserve/.venv/bin:$PATH STEERSERVE_DATA_DIR=/data
 VOLUME /data
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=600s --retries=3 CMD curl -fsS http://127.0.0.1:8000/health || exit 1
-ENTRYPOINT ["steerserve", "serve"]
+ENTRYPOINT ["steerserve", "serve", "--host", "0.0.0.0", "--port", "8000"]

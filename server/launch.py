@@ -8,7 +8,8 @@ each also the environment variable `STEERSERVE_<FIELD>`. What `serve` adds to pl
 - `--additional-config` carries the steering table sizes to the workers (and keys vLLM's compile cache);
 - tool calls are parsed by default (`--enable-auto-tool-choice --tool-call-parser hermes`), since chat apps
   attach tools to every request; `--no-enable-auto-tool-choice` turns it off;
-- `--admin-key` is accepted wherever `--api-key` is.
+- `--admin-key` is accepted wherever `--api-key` is;
+- SIGTERM drains for up to 30 s (`--shutdown-timeout`), as a rolling restart wants.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from steering.settings import ENV_PREFIX, SteerserveSettings
 logger = logging.getLogger("steerserve.server")
 DEFAULT_TOOL_PARSER = "hermes"
 DEMO_REASONING_PARSER = "deepseek_r1"
+DRAIN_SECONDS = 30
 
 
 def demo_model_dir() -> Path:
@@ -116,8 +118,11 @@ def apply_steering_defaults(args: Namespace, argv: Sequence[str], settings: Stee
         args.enable_auto_tool_choice = True
     if args.enable_auto_tool_choice and args.tool_call_parser is None:
         args.tool_call_parser = DEFAULT_TOOL_PARSER
-    if settings.admin_key and args.api_key:
-        args.api_key = [*args.api_key, settings.admin_key]
+    if not _given(argv, "--shutdown-timeout"):
+        args.shutdown_timeout = DRAIN_SECONDS  # SIGTERM lets requests in flight finish (vLLM's drain mode)
+    api_keys = args.api_key or [key for key in [os.environ.get("VLLM_API_KEY")] if key]
+    if settings.admin_key and api_keys:
+        args.api_key = [*api_keys, settings.admin_key]  # vLLM's middleware lets the admin key through too
     allowed = [n.strip() for n in os.environ.get("VLLM_PLUGINS", "").split(",") if n.strip()]
     os.environ["VLLM_PLUGINS"] = ",".join(dict.fromkeys([*allowed, PLUGIN_NAME, ENDPOINT_PLUGIN_NAME]))
 

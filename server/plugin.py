@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from argparse import Namespace
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,11 @@ class SteerserveEndpoints:
         app.include_router(routes.admin)
         app.include_router(workflow)
         install_error_handlers(app)
+        # the router's own 404 / 405 (Starlette's exception, which vLLM's handlers miss) in vLLM's error shape
+        from starlette.exceptions import HTTPException as StarletteHTTPException
+        from vllm.entrypoints.serve.exception_handling.handlers.http import http_exception_handler
+
+        app.add_exception_handler(StarletteHTTPException, http_exception_handler)  # type: ignore[arg-type]
 
     async def init_state(self, engine_client: Any, state: State, args: Namespace) -> None:
         if engine_client is None:
@@ -120,7 +126,7 @@ async def build_state(
         sources=sources,
         admin=admin,
         metrics=metrics,
-        keys=KeyPolicy(list(args.api_key or []), settings.admin_key),
+        keys=KeyPolicy(list(args.api_key or [k for k in [os.environ.get("VLLM_API_KEY")] if k]), settings.admin_key),
         served_model=served,
         model_path=str(args.model),
         experiments=experiments,

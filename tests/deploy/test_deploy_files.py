@@ -17,7 +17,6 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from server.metrics import ServerMetrics
-from server.settings import ServerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -39,8 +38,9 @@ def test_compose_services_ports_volumes_and_health_checks() -> None:
     for name, service in services.items():
         assert service.get("healthcheck", {}).get("test"), f"{name} has no health check"
     server = services["steerserve"]
-    port = ServerSettings.model_fields["port"].default
-    assert f"{port}:{port}" in server["ports"] and server["environment"]["STEERSERVE_PORT"] == str(port)
+    port = 8000  # vLLM's default port, and the one every deploy file names
+    assert f"{port}:{port}" in server["ports"] and f"--port {port}" in server["entrypoint"][-1]
+    assert "--host 0.0.0.0" in server["entrypoint"][-1] and server["restart"] == "unless-stopped"
     assert server["environment"]["STEERSERVE_REDIS_URL"] == "redis://redis:6379/0"
     assert server["depends_on"]["redis"]["condition"] == "service_healthy"
     assert f"http://127.0.0.1:{port}/health" in server["healthcheck"]["test"]
@@ -61,7 +61,7 @@ def test_prometheus_scrapes_the_servers_metrics_endpoint() -> None:
     config = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")
     (job,) = config["scrape_configs"]
     assert job["metrics_path"] == "/metrics"
-    port = ServerSettings.model_fields["port"].default
+    port = 8000
     assert job["static_configs"][0]["targets"] == [f"steerserve:{port}"]
     datasource = load_yaml(DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml")["datasources"][0]
     assert datasource["url"] == "http://prometheus:9090" and "9090:9090" in compose()["services"]["prometheus"]["ports"]
@@ -153,4 +153,4 @@ def test_dockerfile_targets_install_through_the_readme_script() -> None:
     for target in ("cpu", "cuda"):
         body = stages[target]
         assert "COPY --from=source /src ./" in body and f"RUN bash scripts/install.sh {target}" in body
-        assert 'ENTRYPOINT ["steerserve", "serve"]' in body and "/health" in body
+        assert 'ENTRYPOINT ["steerserve", "serve", "--host", "0.0.0.0"' in body and "/health" in body

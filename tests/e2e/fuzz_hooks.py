@@ -32,10 +32,15 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
 
 @schemathesis.check
 def openai_error_shape(ctx: Any, response: Any, case: Any) -> bool | None:
-    """Every 4xx/5xx body is {"error": {"message", "type", "param", "code"}} with a message."""
+    """Every 4xx/5xx body is {"error": {"message", "type", "param", "code"}} with a message (Anthropic's
+    `{"type": "error", "error": {"type", "message"}}` on its Messages route)."""
     if response.status_code < 400:
         return None
     body = response.json()
+    if case.path.startswith("/v1/messages") and isinstance(body, dict) and body.get("type") == "error":
+        if not (isinstance(body.get("error"), dict) and body["error"].get("type") and body["error"].get("message")):
+            raise AssertionError(f"error body not in Anthropic's shape: {body!r}")
+        return None
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict) or set(error) != {"message", "type", "param", "code"} or not error["message"]:
         raise AssertionError(f"error body not in OpenAI's shape: {body!r}")

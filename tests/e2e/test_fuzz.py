@@ -1,6 +1,6 @@
 """Schemathesis against the real server's own OpenAPI schema (real HTTP, real engine, real redis-server):
 at least 1,000 generated requests, valid and invalid; no 5xx, every status and body as the schema declares,
-every error in OpenAI's shape, and the engine still answers afterwards. Generation lengths are capped by the
+every error in OpenAI's shape (Anthropic's on /v1/messages), and the engine still answers afterwards. Generation lengths are capped by the
 hooks in tests/e2e/fuzz_hooks.py so the run stays bounded."""
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ async def test_schemathesis_finds_no_server_errors(server: str, tmp_path: Path) 
         "--no-shrink",
         "--generation-database", "none",
         "--request-timeout", "60",
+        # steerserve's routes and the generation routes it steers (vLLM's others are vLLM's to fuzz)
+        "--include-path-regex", "^/v1/(steering/|models|chat/completions$|completions$|responses$|messages$)",
         "--exclude-path", "/v1/steering/vectors/extract",  # starts extraction jobs: covered by its own tests
         "--max-failures", "20",
     ]  # fmt: skip

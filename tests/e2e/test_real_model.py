@@ -144,15 +144,12 @@ def texts(words: list[str]) -> list[str]:
 
 
 async def test_vector_from_the_servers_extraction_job_moves_topic_words_monotonically(
-    smol_engine: Any, tmp_path: Path
+    smol_engine: Any, smollm2: Path, tmp_path: Path
 ) -> None:
-    from server.app import create_app
-    from server.settings import ServerSettings
-    from steering.store.embedded import EmbeddedStore
+    from tests.e2e.conftest import vllm_app
 
-    store = EmbeddedStore(tmp_path / "registry.sqlite3", "smol")
-    settings = ServerSettings(model="smol", data_dir=tmp_path, admin_key="admin")
-    app = create_app(settings, smol_engine, store, "smol")
+    env = {"STEERSERVE_DATA_DIR": str(tmp_path), "STEERSERVE_ADMIN_KEY": "admin"}
+    app = await vllm_app(smol_engine, ["--model", str(smollm2), "--served-model-name", "smol"], env)
     admin = {"Authorization": "Bearer admin"}
     async with (
         app.router.lifespan_context(app),

@@ -20,10 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
-from server.app import create_app
-from server.settings import ServerSettings
-from steering.store.redis_store import RedisStore
-from tests.redis_server import free_port
+from tests.e2e.conftest import serve_app, vllm_app
 
 pytestmark = pytest.mark.engine
 SERVED = "tiny-llama"
@@ -31,24 +28,13 @@ SERVED = "tiny-llama"
 
 @pytest.fixture(scope="module")
 async def replicas(llama_engine: Any, redis_url: str, tiny_llama: Path) -> AsyncIterator[tuple[str, str]]:
-    import uvicorn
-
-    namespace = f"replicas-{uuid.uuid4().hex[:8]}"
-    servers, tasks, urls = [], [], []
-    for _ in range(2):
-        port = free_port()
-        settings = ServerSettings(model=str(tiny_llama), port=port, redis_url=redis_url)
-        app = create_app(settings, llama_engine, RedisStore(redis_url, namespace), SERVED)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        tasks.append(asyncio.create_task(server.serve()))
-        while not server.started:
-            await asyncio.sleep(0.05)
-        servers.append(server)
-        urls.append(f"http://127.0.0.1:{port}")
-    yield urls[0], urls[1]
-    for server in servers:
+    env = {"STEERSERVE_REDIS_URL": redis_url, "STEERSERVE_REGISTRY_NAMESPACE": f"replicas-{uuid.uuid4().hex[:8]}"}
+    argv = ["--model", str(tiny_llama), "--served-model-name", SERVED]
+    served = [await serve_app(await vllm_app(llama_engine, argv, env)) for _ in range(2)]
+    yield served[0][0], served[1][0]
+    for _, server, _ in served:
         server.should_exit = True
-    await asyncio.gather(*tasks)
+    await asyncio.gather(*(task for _, _, task in served))
 
 
 async def within(seconds: float, probe: Callable[[], Awaitable[bool]]) -> float:
