@@ -117,8 +117,8 @@ async def run_batch(
 def model_path(name: str) -> tuple[Path, str]:
     """A synthetic model (built offline), a catalogued real one (fetched once) or a local checkpoint; with its
     description for the report."""
-    from steering.settings import default_data_dir
     from steering.fetch import CATALOG, fetch
+    from steering.settings import default_data_dir
 
     if name in MODELS:
         spec = MODELS[name]

@@ -164,7 +164,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write load_test.json here")
     parser.add_argument("--server-log", type=Path, default=None, help="keep the server's log here")
     args = parser.parse_args()
-    queue = ("--max-queued-requests", str(args.clients))
+    queue = ("--max-num-queued-reqs", str(args.clients))
     with demo_server_process(args=queue, keep_log=args.server_log) as (url, proc):
         result = asyncio.run(run(url, proc.pid, args.clients, args.requests, args.max_tokens))
     result["command"] = "python " + " ".join(["benchmarks/load_test.py", *sys.argv[1:]])

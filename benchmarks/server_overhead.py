@@ -1,7 +1,8 @@
 """HTTP overhead of steerserve vs vLLM's own OpenAI server, side by side in one run.
 
-Both servers serve the same tiny model (eager): `steerserve serve` and
-`python -m vllm.entrypoints.openai.api_server` with our plugin disabled (`VLLM_PLUGINS=""`). Only one server is
+Both are vLLM's own OpenAI server on the same tiny model with the same engine flags (eager): `steerserve serve`
+(both steerserve plugins on) and `python -m vllm.entrypoints.openai.api_server` with plugins disabled
+(`VLLM_PLUGINS=""`). Only one server is
 alive at a time (two idle-but-alive engines on a 2-core machine disturbed each other's timings by up to 2x in
 a first, co-resident version of this script). The run goes in blocks A B B A ... (A = vLLM, B = steerserve);
 each block starts its server, warms it up and runs `--reps` repetitions of the same streaming completion
@@ -154,7 +155,7 @@ async def run_block(
                 *common,
                 "--data-dir",
                 str(logs / f"data-{block}"),
-                "--log-level",
+                "--uvicorn-log-level",
                 "warning",
             ],
             {**env, "PYTHONPATH": str(root)},

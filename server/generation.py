@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -174,7 +174,7 @@ def _decorate(kind: str, response: Any, observation: Observation, asked: str, he
 
 
 async def _stream(
-    kind: str, chunks: AsyncIterator[Any], observation: Observation, asked: str, stack: contextlib.AsyncExitStack
+    kind: str, chunks: AsyncIterable[Any], observation: Observation, asked: str, stack: contextlib.AsyncExitStack
 ) -> AsyncIterator[str]:
     """vLLM's SSE stream, its text followed to count reflection; the `steering` object rides on the last event
     (chat/completions: an extra chunk with no choices before `[DONE]`; responses: `response.completed`;
@@ -208,7 +208,8 @@ def _stream_event(kind: str, event: str, texts: Texts, observation: Observation,
     payload = lines[data_at][len("data: ") :]
     if payload == "[DONE]":
         texts.finished = True
-        last = {"object": f"{'chat.completion' if kind == 'chat' else 'text_completion'}.chunk", "model": asked}
+        last: dict[str, Any] = {"object": f"{'chat.completion' if kind == 'chat' else 'text_completion'}.chunk"}
+        last["model"] = asked
         last |= {"choices": [], "steering": observation.finish("success", texts)}
         return f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n"
     try:

@@ -47,13 +47,14 @@ def build_parser() -> Any:
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     parser = make_arg_parser(
-        FlexibleArgumentParser(
+        FlexibleArgumentParser(  # type: ignore[no-untyped-call]
             prog="steerserve serve",
             description="vLLM's OpenAI-compatible server with per-request steering. Every `vllm serve` flag works; "
             "without a model it serves the bundled toy demo.",
         )
     )
-    group = parser.add_argument_group("steerserve", f"Steering settings (each also the env var {ENV_PREFIX}<FIELD>).")
+    about = f"Steering settings (each also the env var {ENV_PREFIX}<FIELD>)."
+    group = parser.add_argument_group("steerserve", about)  # type: ignore[no-untyped-call]
     for name, field in SteerserveSettings.model_fields.items():
         is_list = get_origin(field.annotation) is list
         group.add_argument(
@@ -132,7 +133,7 @@ def prepare(argv: Sequence[str]) -> Namespace:
     from steering.engine import model_shape
     from steering.errors import UnsupportedModelError
 
-    args = build_parser().parse_args(list(argv))
+    args: Namespace = build_parser().parse_args(list(argv))
     settings = export_settings(args)
     apply_model_defaults(args, argv, settings)
     apply_steering_defaults(args, argv, settings)
@@ -150,7 +151,7 @@ def run(argv: Sequence[str]) -> None:
     from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
     from vllm.logger import configure_logging_from_args
 
-    cli_env_setup()
+    cli_env_setup()  # type: ignore[no-untyped-call]
     args = prepare(argv)
     configure_logging_from_args(args)
     validate_parsed_serve_args(args)

@@ -31,6 +31,7 @@ class Texts:
     choices: dict[int, Choice] = field(default_factory=dict)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning_tokens: int = 0  # from vLLM's usage details (a --reasoning-parser is on)
     finished: bool = False
 
     def choice(self, index: int) -> Choice:
@@ -43,6 +44,8 @@ class Texts:
         self.completion_tokens = int(
             usage.get("completion_tokens", usage.get("output_tokens", self.completion_tokens)) or 0
         )
+        details = usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
+        self.reasoning_tokens = int(details.get("reasoning_tokens") or self.reasoning_tokens)
 
     @classmethod
     def of_response(cls, kind: str, body: dict[str, Any]) -> Texts:
@@ -154,6 +157,7 @@ class Observation:
         m.generation_tokens.labels(*labels).inc(texts.completion_tokens)
         counts = [ReflectionCount.of(c.reasoning, c.content) for c in texts.choices.values()]
         arm_labels = (chosen.label, chosen.arm_label)
+        m.reasoning_tokens.labels(*arm_labels).inc(texts.reasoning_tokens)
         for count, choice in zip(counts, texts.choices.values(), strict=True):
             m.responses.labels(*arm_labels).inc()
             if count.reflected:

@@ -57,10 +57,6 @@ class ServerState:
         ]
         return cards
 
-    def sync_metrics(self) -> None:
-        stats = self.registry.stats
-        self.metrics.sync_cache(stats.hits, stats.misses, stats.stale, stats.errors)
-
 
 def state_of(request: Request) -> ServerState:
     state: ServerState = request.app.state.steerserve

@@ -9,7 +9,8 @@ from fastapi.responses import JSONResponse
 
 from server.errors import BadRequestError, NotFoundError
 from server.experiments import ExperimentBody
-from server.routes import ERRORS, admin_key, api_key, state_of
+from server.routes import ERRORS, admin_key, api_key
+from server.state import state_of
 from steering.extract.request import ExtractionRequest
 
 workflow = APIRouter(prefix="/v1/steering", dependencies=[Depends(api_key)], responses=ERRORS)

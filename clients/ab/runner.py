@@ -201,7 +201,7 @@ async def run(
             data = response.json()
             choice = data["choices"][0]
             content = choice["message"].get("content") or ""
-            reasoning = choice["message"].get("reasoning_content")
+            reasoning = choice["message"].get("reasoning") or choice["message"].get("reasoning_content")
             details = data["usage"].get("completion_tokens_details") or {}
             reflection = (data.get("steering") or {}).get("reflection") or {}
             rows.append(

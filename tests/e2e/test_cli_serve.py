@@ -128,6 +128,46 @@ def test_serve_defaults_persist_vectors_and_exit_cleanly(tmp_path: Path) -> None
     finally:
         if proc.poll() is None:
             stop(proc)
+    proc = start(tmp_path / "data", port, log)
+    try:
+        wait_ready(url, proc, log)
+        assert_engine_death_ends_the_server(url, proc, log)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def assert_engine_death_ends_the_server(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """The engine core killed under a stream: the stream ends with an error (or a cut), nothing hangs, and the
+    server exits non-zero within seconds so that a supervisor (compose `restart:`, Kubernetes) restarts it."""
+    import psutil
+
+    body = {"model": "steerserve-demo", "prompt": "Q: 5+5", "max_tokens": 400, "ignore_eos": True, "stream": True}
+    started, lines = threading.Event(), []
+
+    def stream() -> None:
+        try:
+            with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as response:
+                for line in response.iter_lines():
+                    lines.append(line)
+                    started.set()
+        except httpx.HTTPError as exc:
+            lines.append(f"transport error: {exc}")
+        started.set()
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    assert started.wait(60)
+    cores = [p for p in psutil.Process(proc.pid).children(recursive=True) if "EngineCore" in " ".join(p.cmdline())]
+    cores = cores or psutil.Process(proc.pid).children(recursive=False)
+    assert cores, "no engine core process found"
+    for core in cores:
+        core.kill()
+    reader.join(60)
+    assert not reader.is_alive(), "the stream hung after the engine died"
+    assert not any('"finish_reason":"length"' in line for line in lines), "the stream finished as if nothing happened"
+    code = proc.wait(timeout=60)
+    assert code != 0, log.read_text()[-3000:]
 
 
 def steerserve_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:

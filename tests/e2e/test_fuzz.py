@@ -1,7 +1,8 @@
 """Schemathesis against the real server's own OpenAPI schema (real HTTP, real engine, real redis-server):
-at least 1,000 generated requests, valid and invalid; no 5xx, every status and body as the schema declares,
-every error in OpenAI's shape (Anthropic's on /v1/messages), and the engine still answers afterwards. Generation lengths are capped by the
-hooks in tests/e2e/fuzz_hooks.py so the run stays bounded."""
+at least 1,000 generated requests, valid and invalid, on steerserve's routes and the generation routes it
+steers; no 5xx, every status and body as the schema declares, every error in OpenAI's shape (Anthropic's on
+/v1/messages), and the engine still answers afterwards. Generation lengths are capped by the hooks in
+tests/e2e/fuzz_hooks.py so the run stays bounded."""
 
 from __future__ import annotations
 

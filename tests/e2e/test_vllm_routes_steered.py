@@ -162,7 +162,10 @@ async def test_anthropic_messages_steered_streamed_and_errors_in_its_shape(
     assert missing.value.body["type"] == "error" and missing.value.body["error"]["type"]  # type: ignore[index]
     with pytest.raises(anthropic.BadRequestError):
         await client.messages.create(
-            model=SERVED, max_tokens=3, messages=messages, extra_body={"steering": [{"vector": "route-force", "layers": [99]}]}
+            model=SERVED,
+            max_tokens=3,
+            messages=messages,
+            extra_body={"steering": [{"vector": "route-force", "layers": [99]}]},
         )
 
 
@@ -186,6 +189,11 @@ async def test_vllm_utility_routes_and_reasoning_effort(server: str, llama_engin
         assert text["prompt"].strip() == "hello"
         effort = await http.post(
             "/v1/chat/completions",
-            json={"model": SERVED, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2, "reasoning_effort": "low"},
+            json={
+                "model": SERVED,
+                "messages": [{"role": "user", "content": "x"}],
+                "max_tokens": 2,
+                "reasoning_effort": "low",
+            },
         )
         assert effort.status_code == 200, effort.text

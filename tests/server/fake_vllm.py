@@ -13,7 +13,6 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 from vllm.entrypoints.serve.exception_handling.register import init_exception_handler
@@ -62,10 +61,14 @@ def fake_vllm_app(engine: FakeEngine) -> FastAPI:
         usage = {"prompt_tokens": 2, "completion_tokens": count, "total_tokens": 2 + count}
         if not request.stream:
             choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
-            choice |= {"message": {"role": "assistant", "content": letter * count}} if kind == "chat.completion" else {
-                "text": letter * count
-            }
-            return JSONResponse({"id": "x", "object": kind, "model": request.model, "choices": [choice], "usage": usage})
+            choice |= (
+                {"message": {"role": "assistant", "content": letter * count}}
+                if kind == "chat.completion"
+                else {"text": letter * count}
+            )
+            return JSONResponse(
+                {"id": "x", "object": kind, "model": request.model, "choices": [choice], "usage": usage}
+            )
 
         async def events() -> Any:
             for i in range(count):
