@@ -105,12 +105,14 @@ def _parse(fields: dict[str, Any]) -> tuple[Any, str | None]:
 
 
 def api_error(kind: str, exc: Exception) -> JSONResponse:
-    """Our error in the API's own shape: OpenAI's `{"error": {...}}`, or Anthropic's for /v1/messages."""
+    """Our error in the route's own shape: vLLM's `ErrorResponse` (OpenAI's fields, `code` the HTTP status, as
+    the route's schema declares), or Anthropic's `{"type": "error", "error": {...}}` for /v1/messages."""
     response = error_response(exc)
-    if kind != "messages":
-        return response
     error = json.loads(bytes(response.body))["error"]
-    body = {"type": "error", "error": {"type": error["type"], "message": error["message"]}}
+    if kind == "messages":
+        body: dict[str, Any] = {"type": "error", "error": {"type": error["type"], "message": error["message"]}}
+    else:
+        body = {"error": {**error, "code": response.status_code}}
     kept = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
     return JSONResponse(body, status_code=response.status_code, headers=kept)
 

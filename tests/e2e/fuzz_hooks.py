@@ -5,6 +5,7 @@ in OpenAI's shape."""
 from __future__ import annotations
 
 import os
+import zlib
 from typing import Any
 
 import schemathesis
@@ -15,15 +16,18 @@ MAX_TOKENS = 8
 @schemathesis.hook
 def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
     body = case.body
-    if isinstance(body, dict) and ("prompt" in body or "messages" in body):
-        for key in ("max_tokens", "max_completion_tokens"):
+    if isinstance(body, dict) and ("prompt" in body or "messages" in body or "input" in body):
+        for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
             value = body.get(key)
             if isinstance(value, int) and not isinstance(value, bool) and value > MAX_TOKENS:
                 body[key] = MAX_TOKENS  # valid but long: shortened; invalid values stay to be refused
-        if "max_tokens" not in body and "max_completion_tokens" not in body:
-            body["max_tokens"] = MAX_TOKENS
+        limit = "max_output_tokens" if "input" in body else "max_tokens"
+        if not any(k in body for k in ("max_tokens", "max_completion_tokens", "max_output_tokens")):
+            body[limit] = MAX_TOKENS
         if isinstance(body.get("n"), int) and body["n"] > 2:
             body["n"] = 2
+        if "steering" not in body and zlib.crc32(str(body).encode()) % 2:
+            body["steering"] = [{"vector": "no-such-vector"}]  # half the bodies also go through steering's checks
     counter = os.environ.get("STEERSERVE_FUZZ_COUNT")
     if counter:
         with open(counter, "a") as out:
