@@ -146,7 +146,8 @@ async def run_arm(
         response.raise_for_status()
         payload = response.json()
         message = payload["choices"][0]["message"]
-        text = f"{THINK_OPEN}{message.get('reasoning') or message.get('reasoning_content') or ''}{THINK_CLOSE}{message['content']}"
+        reasoning = message.get("reasoning") or message.get("reasoning_content") or ""
+        text = f"{THINK_OPEN}{reasoning}{THINK_CLOSE}{message['content']}"
         tally.add_trace(problem, text, payload["usage"]["completion_tokens"])
 
     await asyncio.gather(*(one(i, p) for i, p in enumerate(items)))

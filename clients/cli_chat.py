@@ -34,7 +34,8 @@ def _reply(client: Any, model: str, messages: list[dict[str, str]], extra: dict[
     for chunk in stream:
         if chunk.choices:
             delta = chunk.choices[0].delta
-            piece = (getattr(delta, "reasoning", None) or getattr(delta, "reasoning_content", None) or "") + (delta.content or "")
+            reasoning = getattr(delta, "reasoning", None) or getattr(delta, "reasoning_content", None) or ""
+            piece = reasoning + (delta.content or "")
             text.append(piece)
             typer.echo(piece, nl=False)
         if chunk.usage is not None:
