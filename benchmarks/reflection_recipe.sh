@@ -5,7 +5,7 @@
 # A real model (GPU, official vLLM), e.g. the seed paper's setting:
 #   MODEL=deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B \
 #   EXTRACT_SET=math_train.jsonl EVAL_SET=math500_test.jsonl \
-#   MAX_TOKENS=8192 TEMPERATURE=0.6 TOP_P=0.95 LAYERS=19 \
+#   MAX_TOKENS=8192 TEMPERATURE=0.6 TOP_P=0.95 LAYERS=19 SERVE_ARGS="--reasoning-parser deepseek_r1" \
 #   bash benchmarks/reflection_recipe.sh runs/r1-1.5b
 # (EXTRACT_SET and EVAL_SET are JSONL in MATH-500 / GSM8K / {"prompt","answer"} layout; keep them disjoint.)
 # CI runs the same script on a tiny random Qwen2 model with <think> markers (tests/e2e/test_reflection_recipe.py).

@@ -32,6 +32,7 @@ from server.observe import Observation, Texts
 from server.protocol import SteeringField
 from server.state import state_of
 from server.steering_sources import HEADER, RequestSteering
+from steering.errors import SteeringNotAppliedError
 
 GENERATION_ROUTES = {
     "/v1/chat/completions": "chat",
@@ -130,10 +131,10 @@ async def handle(kind: str, original: Endpoint, request: Any, raw_request: Reque
         )
         if not state.sources.served_by_vllm(asked):
             request.model = state.served_model  # a preset or an experiment: vLLM serves its base model
-        if chosen.steered and chosen.spec is not None:
-            request.vllm_xargs = {**(request.vllm_xargs or {}), **chosen.spec.engine_fields()}
+        admitted = await stack.enter_async_context(state.engine.steered(chosen.spec if chosen.steered else None))
+        if admitted is not None and chosen.spec is not None:
+            request.vllm_xargs = {**(request.vllm_xargs or {}), **admitted.fields}
             request.cache_salt = chosen.spec.cache_salt(request.cache_salt)
-        await stack.enter_async_context(state.engine.steered(chosen.spec if chosen.steered else None))
     except Exception as exc:  # noqa: BLE001 - every failure before the engine is this API's own error response
         await stack.aclose()
         return api_error(kind, exc)
@@ -146,10 +147,18 @@ async def handle(kind: str, original: Endpoint, request: Any, raw_request: Reque
         raise
     headers = _headers(chosen)
     if isinstance(response, StreamingResponse):
-        response.body_iterator = _stream(kind, response.body_iterator, observation, asked, stack)
+        response.body_iterator = _stream(kind, response.body_iterator, observation, asked, stack, admitted)
         response.headers.update(headers)
         return response
-    await stack.aclose()
+    try:
+        if getattr(response, "status_code", 500) < 400:
+            await state.engine.verify(admitted)
+    except SteeringNotAppliedError as exc:
+        observation.finish("not_steered", Texts())
+        state.metrics.not_steered.inc()
+        return api_error(kind, exc)
+    finally:
+        await stack.aclose()
     return _decorate(kind, response, observation, asked, headers)
 
 
@@ -176,13 +185,19 @@ def _decorate(kind: str, response: Any, observation: Observation, asked: str, he
 
 
 async def _stream(
-    kind: str, chunks: AsyncIterable[Any], observation: Observation, asked: str, stack: contextlib.AsyncExitStack
+    kind: str,
+    chunks: AsyncIterable[Any],
+    observation: Observation,
+    asked: str,
+    stack: contextlib.AsyncExitStack,
+    admitted: Any,
 ) -> AsyncIterator[str]:
     """vLLM's SSE stream, its text followed to count reflection; the `steering` object rides on the last event
     (chat/completions: an extra chunk with no choices before `[DONE]`; responses: `response.completed`;
-    messages: `message_delta`)."""
+    messages: `message_delta`). A request a worker could not steer ends with an error event instead."""
     texts = Texts()
     status = "aborted"
+    state = observation.state
     try:
         async for chunk in chunks:
             text = chunk.decode() if isinstance(chunk, bytes) else str(chunk)
@@ -190,6 +205,14 @@ async def _stream(
             for event in text.split("\n\n"):
                 if not event.strip():
                     continue
+                if _is_last(kind, event) and admitted is not None:
+                    try:
+                        await state.engine.verify(admitted)
+                    except SteeringNotAppliedError as exc:
+                        state.metrics.not_steered.inc()
+                        observation.finish("not_steered", texts)
+                        yield "".join(out) + _error_event(kind, exc)
+                        return
                 out.append(_stream_event(kind, event, texts, observation, asked))
                 if event.startswith("data: [DONE]"):
                     status = "success"
@@ -200,6 +223,21 @@ async def _stream(
         await stack.aclose()
         if not observation.finished:
             observation.finish(status if texts.finished or status == "success" else "aborted", texts)
+
+
+def _is_last(kind: str, event: str) -> bool:
+    """The event the `steering` object rides on: the steering must be verified before it goes out."""
+    if kind in ("chat", "completions"):
+        return event.startswith("data: [DONE]")
+    marker = "response.completed" if kind == "responses" else "message_delta"
+    return event.startswith(f"event: {marker}")
+
+
+def _error_event(kind: str, exc: Exception) -> str:
+    body = json.loads(bytes(api_error(kind, exc).body))
+    if kind == "messages":
+        return f"event: error\ndata: {json.dumps(body)}\n\n"
+    return f"data: {json.dumps(body)}\n\ndata: [DONE]\n\n"
 
 
 def _stream_event(kind: str, event: str, texts: Texts, observation: Observation, asked: str) -> str:

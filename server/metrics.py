@@ -29,6 +29,11 @@ class ServerMetrics:
         self.requests = Counter(
             "steerserve:requests", "Finished requests by outcome.", (*LABELS, "status"), registry=registry
         )
+        self.not_steered = Counter(
+            "steerserve:requests_not_steered",
+            "Steered requests a worker could not steer (slot or vector mismatch): failed with an error.",
+            registry=registry,
+        )
         self.running = Gauge("steerserve:num_requests_running", "Requests in the engine.", registry=registry)
         self.waiting = Gauge(
             "steerserve:num_requests_waiting", "Requests waiting for a steering slot.", registry=registry

@@ -1,7 +1,10 @@
-"""Admission of steering configs: at most N distinct configs in flight; requests beyond that wait their turn.
+"""Admission of steering configs, and the one ledger of which config holds which slot (API process).
 
-The engine's tables hold N configs besides the no-op row, so admitting more would leave a request without a
-slot. Requests that share an admitted config, and unsteered requests, never wait.
+The engine's tables hold N configs besides the no-op row 0. A steered request is admitted with a slot: the
+slot its config already holds, else a free one (idle configs keep their slot, least recently used first, so a
+config that comes back often needs no refill). Beyond N distinct configs in flight, requests wait their turn.
+Requests that share an admitted config, and unsteered requests, never wait. Workers only fill the row they are
+told to; they never choose.
 """
 
 from __future__ import annotations
@@ -10,10 +13,13 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from steering.slots import SlotAllocator
+
 
 class ConfigAdmission:
     def __init__(self, max_configs: int) -> None:
         self.max_configs = max_configs
+        self.slots = SlotAllocator(max_configs)
         self._refs: dict[str, int] = {}
         self._cond = asyncio.Condition()
         self.waiting = 0
@@ -23,9 +29,10 @@ class ConfigAdmission:
         return len(self._refs)
 
     @asynccontextmanager
-    async def admit(self, key: str | None) -> AsyncIterator[None]:
+    async def admit(self, key: str | None) -> AsyncIterator[int]:
+        """Yields the config's slot (1..N), or 0 for an unsteered request (`key` None)."""
         if key is None:
-            yield
+            yield 0
             return
         async with self._cond:
             self.waiting += 1
@@ -33,11 +40,14 @@ class ConfigAdmission:
                 await self._cond.wait_for(lambda: key in self._refs or len(self._refs) < self.max_configs)
             finally:
                 self.waiting -= 1
+            grant = self.slots.acquire(key)
+            assert grant is not None, "admission let in more configs than there are slots"
             self._refs[key] = self._refs.get(key, 0) + 1
         try:
-            yield
+            yield grant.slot
         finally:
             async with self._cond:
+                self.slots.release(key)
                 self._refs[key] -= 1
                 if self._refs[key] == 0:
                     del self._refs[key]

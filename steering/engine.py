@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import numpy as np
 from steering.admission import ConfigAdmission
 from steering.capture import ActivationCapture, Activations
 from steering.config import ADDITIONAL_CONFIG_KEY, SUPPORTED_ARCHITECTURES, EngineSteeringConfig, steering_config_of
-from steering.errors import UnsupportedModelError
+from steering.errors import SteeringNotAppliedError, UnsupportedModelError
 from steering.spec import ModelShape, ResolvedSpec, SteeringTerm, VectorLookup, resolve_spec
 from steering.vectors import SteeringVector
 
@@ -100,6 +101,16 @@ def engine_args(settings: EngineSettings) -> Any:
     return AsyncEngineArgs(**kwargs)
 
 
+@dataclass(frozen=True)
+class Admitted:
+    """A steered request let in: its slot in the tables, its ticket, the `extra_args` it carries."""
+
+    slot: int
+    ticket: str
+    fields: dict[str, str]
+    salt: str
+
+
 class SteeringEngine:
     """One vLLM `AsyncLLM` plus the steering bookkeeping of the API process."""
 
@@ -115,6 +126,7 @@ class SteeringEngine:
         self._vector_refs: dict[str, int] = {}  # vectors used by requests in flight: never dropped
         self._load_lock = asyncio.Lock()
         self.max_loaded_vectors = 4096
+        self.failures = 0  # requests a worker could not steer (failed loudly)
         self.activations = ActivationCapture(
             llm,
             shape.num_layers,
@@ -204,22 +216,35 @@ class SteeringEngine:
 
     # ---- generation ---------------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def steered(self, spec: ResolvedSpec | None) -> AsyncIterator[None]:
+    async def steered(self, spec: ResolvedSpec | None) -> AsyncIterator[Admitted | None]:
         """Around one request's whole life: wait for admission of its config (all slots taken: it waits), keep its
-        vectors from eviction and load them into every worker. A no-op spec (or None) passes straight through."""
+        vectors from eviction and load them into every worker; yields what the request must carry. A no-op spec
+        (or None) passes straight through."""
         if spec is None or spec.is_noop:
-            yield
+            yield None
             return
         if not self.steering_enabled:
             raise UnsupportedModelError("this engine was started without steering")
         held = set(spec.vector_hashes)
-        async with self.admission.admit(spec.config_hash):
+        async with self.admission.admit(spec.config_hash) as slot:
             self._hold(held)
             try:
                 await self.load_vectors(t.vector for t in spec.terms if t.vector is not None)
-                yield
+                ticket = uuid.uuid4().hex
+                yield Admitted(slot, ticket, spec.engine_fields(slot, ticket), spec.cache_salt())
             finally:
                 self._release(held)
+
+    async def verify(self, admitted: Admitted | None) -> None:
+        """Raise `SteeringNotAppliedError` when a worker could not steer the request (it must not pass as
+        steered): a slot or vector mismatch between this process's ledger and a worker."""
+        if admitted is None:
+            return
+        replies: list[dict[str, str]] = await self.llm.collective_rpc("steerserve_failures", args=([admitted.ticket],))
+        reasons = sorted({reply[admitted.ticket] for reply in replies if admitted.ticket in reply})
+        if reasons:
+            self.failures += 1
+            raise SteeringNotAppliedError(f"the engine could not apply this request's steering: {'; '.join(reasons)}")
 
     async def generate(
         self,
@@ -230,19 +255,20 @@ class SteeringEngine:
         cache_salt: str | None = None,
     ) -> AsyncIterator[Any]:
         """Stream `RequestOutput`s (the library path: benchmarks, extraction); a steered request waits here while
-        all config slots are taken."""
+        all config slots are taken, and raises `SteeringNotAppliedError` at its end if it was not steered."""
         spec = steering if steering is not None and not steering.is_noop else None
         inputs: dict[str, Any] = {"prompt": prompt} if isinstance(prompt, str) else {"prompt_token_ids": list(prompt)}
-        params, salt = sampling_params, cache_salt
-        if spec is not None:
-            params = sampling_params.clone()
-            params.extra_args = {**(params.extra_args or {}), **spec.engine_fields()}
-            salt = spec.cache_salt(cache_salt)
-        if salt:
-            inputs["cache_salt"] = salt
-        async with self.steered(spec):
+        async with self.steered(spec) as admitted:
+            params, salt = sampling_params, cache_salt
+            if admitted is not None and spec is not None:
+                params = sampling_params.clone()
+                params.extra_args = {**(params.extra_args or {}), **admitted.fields}
+                salt = spec.cache_salt(cache_salt)
+            if salt:
+                inputs["cache_salt"] = salt
             async for output in self.llm.generate(inputs, params, request_id):
                 yield output
+            await self.verify(admitted)
 
     def _hold(self, hashes: set[str]) -> None:
         for sha in hashes:

@@ -43,3 +43,11 @@ class SteeringCapacityError(SteeringError):
     status_code = 503
     error_type = "server_error"
     code = "steering_capacity"
+
+
+class SteeringNotAppliedError(SteeringError):
+    """A worker could not steer a request it was told to steer: the request fails, never passes as steered (500)."""
+
+    status_code = 500
+    error_type = "server_error"
+    code = "steering_not_applied"

@@ -170,10 +170,11 @@ class ResolvedSpec:
         """The JSON-able form that travels in `SamplingParams.extra_args` (hashes, no names)."""
         return {"hash": self.config_hash, "terms": [t.canonical() for t in self.terms]}
 
-    def engine_fields(self) -> dict[str, str]:
-        """What a request carries to the workers: vLLM's `vllm_xargs` / `SamplingParams.extra_args` are flat, so
-        the payload travels as JSON under one key."""
-        return {"steerserve": json.dumps(self.engine_payload(), separators=(",", ":"))}
+    def engine_fields(self, slot: int, ticket: str) -> dict[str, str]:
+        """What a request carries to the workers: the slot the API process admitted it to and a ticket to ask
+        after it by. vLLM's `vllm_xargs` / `SamplingParams.extra_args` are flat: the payload travels as JSON."""
+        payload = {**self.engine_payload(), "slot": slot, "ticket": ticket}
+        return {"steerserve": json.dumps(payload, separators=(",", ":"))}
 
     def cache_salt(self, existing: str | None = None) -> str:
         """The prefix-cache salt: steered KV is never shared with another config or with unsteered requests."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,10 +27,10 @@ from steering.ops import (
     MODE_TOKENS,
     op_coefficients,
 )
-from steering.slots import SlotAllocator
 from steering.vllm_plugin.capture import CaptureState
 from steering.vllm_plugin.layout import TokenLayout
 
+MAX_FAILED_TICKETS = 4096
 logger = logging.getLogger("steerserve.plugin")
 
 
@@ -85,8 +86,11 @@ class SteeringState:
                 for site in config.sites
             }
         self.vectors: dict[str, dict[int, StoredDirection]] = {}
-        self.allocator = SlotAllocator(config.max_configs)
-        self._request_config: dict[str, str] = {}
+        # the API process's ledger says which slot a request's config is in; this side only fills rows
+        self._slot_key: dict[int, str] = {}  # slot -> config hash its row holds
+        self._slot_refs: dict[int, int] = {}  # slot -> requests using it here
+        self._request_slot: dict[str, int] = {}
+        self.failed: OrderedDict[str, str] = OrderedDict()  # ticket -> why the request could not be steered
         self._known: set[str] = set()
         self._slot_uses_tokens = np.zeros(rows, dtype=bool)
         self._dirty_tokens = 0
@@ -137,42 +141,56 @@ class SteeringState:
             payload = json.loads(payload)
         if not payload:
             return
-        key = str(payload["hash"])
-        grant = self.allocator.acquire(key)
-        if grant is None:
-            self.errors += 1
-            logger.error("steering: no free slot for request %s (config %s); it runs unsteered", req_id, key)
+        key, slot, ticket = str(payload["hash"]), int(payload.get("slot", -1)), str(payload.get("ticket", req_id))
+        if not 1 <= slot <= self.config.max_configs:
+            self._fail(ticket, f"slot {slot} is outside 1..{self.config.max_configs}")
             return
-        if grant.needs_fill and not self._fill_slot(grant.slot, payload["terms"]):
-            self.allocator.release(key)
-            self._clear_slot(grant.slot)
-            self.errors += 1
-            return
-        self._request_config[req_id] = key
+        if self._slot_key.get(slot) != key:
+            if self._slot_refs.get(slot, 0) > 0:
+                self._fail(ticket, f"slot {slot} still holds another config in use")
+                return
+            if not self._fill_slot(slot, payload["terms"]):
+                self._clear_slot(slot)
+                self._slot_key.pop(slot, None)
+                self._fail(ticket, "a vector of the config is not loaded in this worker")
+                return
+            self._slot_key[slot] = key
+        self._slot_refs[slot] = self._slot_refs.get(slot, 0) + 1
+        self._request_slot[req_id] = slot
+
+    def _fail(self, ticket: str, reason: str) -> None:
+        """The request runs without steering: remembered under its ticket so the API process fails it loudly."""
+        self.errors += 1
+        self.failed[ticket] = reason
+        while len(self.failed) > MAX_FAILED_TICKETS:
+            self.failed.popitem(last=False)
+        logger.error("steering: request %s cannot be steered: %s", ticket, reason)
+
+    def pop_failures(self, tickets: Iterable[str]) -> dict[str, str]:
+        return {t: self.failed.pop(t) for t in tickets if t in self.failed}
 
     def forget_request(self, req_id: str) -> None:
         """The request finished (or, in V2, left the runner): free its claim on the slot."""
         self._known.discard(req_id)
         if self.capture is not None:
             self.capture.forget(req_id)
-        key = self._request_config.pop(req_id, None)
-        if key is not None:
-            self.allocator.release(key)
+        slot = self._request_slot.pop(req_id, None)
+        if slot is not None:
+            self._slot_refs[slot] -= 1
 
     def slots_for(self, req_ids: Iterable[str | None]) -> np.ndarray:
-        slot_of = self.allocator.slot_of
-        config = self._request_config
-        return np.fromiter(((slot_of(config[r]) or 0) if r in config else 0 for r in req_ids), dtype=np.int64)
+        slot_of = self._request_slot
+        return np.fromiter((slot_of.get(r, 0) if r is not None else 0 for r in req_ids), dtype=np.int64)
 
     @property
     def idle(self) -> bool:
         """No steered request is known and the buffers already say "slot 0": a step needs no work."""
         capturing = self.capture is not None and self.capture.has_jobs
-        return not self._request_config and self._dirty_tokens == 0 and not capturing
+        return not self._request_slot and self._dirty_tokens == 0 and not capturing
 
     @property
     def active_requests(self) -> int:
-        return len(self._request_config)
+        return len(self._request_slot)
 
     # ---- tables -------------------------------------------------------------------------------------------
     def _clear_slot(self, slot: int) -> None:
@@ -263,7 +281,7 @@ class SteeringState:
             "local_layers": list(self.local_layers),
             "sites": list(self.config.sites),
             "vectors": len(self.vectors),
-            "configs_in_use": self.allocator.in_use(),
+            "configs_in_use": sum(1 for refs in self._slot_refs.values() if refs > 0),
             "active_requests": self.active_requests,
             "steps_steered": self.steps_steered,
             "errors": self.errors,

@@ -37,6 +37,10 @@ class SteeringWorkerMethods:
         capture = self._steering_state().capture
         return capture.pop(capture_ids) if capture is not None else {}
 
+    def steerserve_failures(self, tickets: Sequence[str]) -> dict[str, str]:
+        """Why each of these requests could not be steered (and forget it); requests steered fine are absent."""
+        return self._steering_state().pop_failures(tickets)
+
     def steerserve_stats(self) -> dict[str, Any]:
         stats = self._steering_state().stats()
         stats["runner"] = f"{type(self.model_runner).__module__}.{type(self.model_runner).__name__}"

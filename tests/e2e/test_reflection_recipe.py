@@ -35,7 +35,7 @@ def test_recipe_end_to_end_on_tiny_qwen2(tiny_qwen2: Path, tmp_path: Path) -> No
         "STRENGTHS": "-1,0,1",
         "RANDOM_STRENGTHS": "1",
         "PORT": str(free_port()),
-        "SERVE_ARGS": "--enforce-eager --max-model-len 512 --dtype float32",
+        "SERVE_ARGS": "--enforce-eager --max-model-len 512 --dtype float32 --reasoning-parser deepseek_r1",
         "STEERSERVE": str(steerserve),
     }
     out = tmp_path / "run"

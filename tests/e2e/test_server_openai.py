@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -346,3 +347,26 @@ async def test_extraction_job_and_experiment_over_http(server: str, llama_engine
     async with httpx.AsyncClient(base_url=server, headers=ADMIN) as http:
         report = (await http.get("/v1/steering/experiments/tone-ab/report")).json()
     assert sum(a["requests"] for a in report["arms"]) == 6 and seen <= {"off", "on"}
+
+
+async def test_a_request_the_engine_cannot_steer_fails_loudly(server: str, llama_engine: Any, tiny_llama: Path) -> None:
+    """Forced mismatch: the API process believes a vector is loaded, the workers lost it. The request must not
+    pass as steered: an error (non-streamed and streamed), counted, and the server keeps serving."""
+    created = await upload_force(server, "lost", tiny_llama, 333)
+    user = {"Authorization": "Bearer user-secret"}
+    body = {"model": SERVED, "prompt": "x", "max_tokens": 2, "steering": [{"vector": "lost", "strength": 0.5}]}
+    async with httpx.AsyncClient(base_url=server, headers=user, timeout=60) as http:
+        assert (await http.post("/v1/completions", json=body)).status_code == 200  # loads it in every worker
+        await llama_engine.llm.collective_rpc("steerserve_drop_vectors", args=([created["sha256"]],))
+        other = {**body, "steering": [{"vector": "lost", "strength": 0.7}]}  # a new config: its row needs a fill
+        failed = await http.post("/v1/completions", json=other)
+        assert failed.status_code == 500, failed.text
+        assert "could not apply" in failed.json()["error"]["message"]
+        streamed = await http.post("/v1/completions", json={**other, "stream": True})
+        events = [line[6:] for line in streamed.text.splitlines() if line.startswith("data: ")]
+        assert "could not apply" in json.loads(events[-2])["error"]["message"] and events[-1] == "[DONE]"
+        assert not any("steering" in json.loads(e) for e in events[:-1]), "a failed stream still claimed steering"
+        metrics = (await http.get("/metrics")).text
+        assert "steerserve:requests_not_steered_total 2.0" in metrics
+        plain = await http.post("/v1/completions", json={"model": SERVED, "prompt": "x", "max_tokens": 2})
+        assert plain.status_code == 200

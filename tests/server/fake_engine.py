@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from steering.admission import ConfigAdmission
+from steering.engine import Admitted
+from steering.errors import SteeringNotAppliedError
 from steering.spec import ModelShape, ResolvedSpec, SteeringLimits, SteeringTerm, resolve_spec
 
 
@@ -33,11 +36,18 @@ class FakeEngine:
     def resolve(self, terms: list[SteeringTerm], lookup: Any) -> ResolvedSpec:
         return resolve_spec(terms, lookup, self.shape, SteeringLimits(), lambda s: self.tokenizer.encode(s))
 
+    not_applied: set[str] = field(default_factory=set)  # config hashes a "worker" fails to steer
+
     @contextlib.asynccontextmanager
-    async def steered(self, spec: ResolvedSpec | None) -> AsyncIterator[None]:
+    async def steered(self, spec: ResolvedSpec | None) -> AsyncIterator[Admitted | None]:
         if spec is None or spec.is_noop:
-            yield
+            yield None
             return
-        async with self.admission.admit(spec.config_hash):
+        async with self.admission.admit(spec.config_hash) as slot:
             self.held.append(spec.config_hash)
-            yield
+            ticket = f"ticket-{len(self.held)}"
+            yield Admitted(slot, ticket, spec.engine_fields(slot, ticket), spec.cache_salt())
+
+    async def verify(self, admitted: Admitted | None) -> None:
+        if admitted is not None and json.loads(admitted.fields["steerserve"])["hash"] in self.not_applied:
+            raise SteeringNotAppliedError("the engine could not apply this request's steering: forced in a test")

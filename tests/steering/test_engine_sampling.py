@@ -11,15 +11,16 @@ from types import SimpleNamespace
 import pytest
 
 from steering.config import EngineSteeringConfig
-from steering.engine import EngineSettings, SteeringEngine, model_shape
+from steering.engine import SteeringEngine, model_shape
 
 
 def engine_over(model_dir: Path) -> SteeringEngine:
     from vllm.config import ModelConfig
 
     config = ModelConfig(model=str(model_dir), dtype="float32")
-    settings = EngineSettings(model=str(model_dir), steering=EngineSteeringConfig())
-    return SteeringEngine(SimpleNamespace(model_config=config), settings, model_shape(str(model_dir)), None)
+    return SteeringEngine(
+        SimpleNamespace(model_config=config), model_shape(str(model_dir)), None, EngineSteeringConfig()
+    )
 
 
 @pytest.fixture()

@@ -26,7 +26,8 @@ def vector(vector_id: str, seed: int) -> SteeringVector:
     return SteeringVector(vector_id, {k: rng.standard_normal(8).astype(np.float32) for k in range(3)})
 
 
-def payload(terms: list[dict], *vectors: SteeringVector) -> dict:  # type: ignore[type-arg]
+def payload(terms: list[dict], *vectors: SteeringVector, slot: int = 1) -> dict:  # type: ignore[type-arg]
+    """What the API process sends: the config, the slot its ledger admitted it to, a ticket."""
     table = {v.id: v for v in vectors}
     spec = resolve_spec(
         [SteeringTerm(**t) for t in terms],
@@ -34,7 +35,7 @@ def payload(terms: list[dict], *vectors: SteeringVector) -> dict:  # type: ignor
         SHAPE,
         SteeringLimits(max_terms=4, max_terms_per_site=2),
     )
-    return {"steerserve": spec.engine_payload()}
+    return {"steerserve": {**spec.engine_payload(), "slot": slot, "ticket": f"t-{slot}-{spec.config_hash}"}}
 
 
 def load(state: SteeringState, *vectors: SteeringVector) -> None:
@@ -89,17 +90,24 @@ def test_gates_follow_position_modes_and_triggers() -> None:
     assert not state.token_slot[:6].any()
 
 
-def test_missing_vector_or_full_table_never_raises() -> None:
+def test_mismatches_never_raise_and_are_reported_by_ticket() -> None:
     state, v = make_state(max_configs=1), vector("v", 3)
-    state.attach_request("x", payload([{"vector": "v"}], v))  # vector never loaded
-    assert state.errors == 1 and state.slots_for(["x"]).tolist() == [0] and state.allocator.in_use() == 0
+    missing = payload([{"vector": "v"}], v)
+    state.attach_request("x", missing)  # the vector was never loaded here
+    assert state.errors == 1 and state.slots_for(["x"]).tolist() == [0] and state.active_requests == 0
+    ticket = missing["steerserve"]["ticket"]
+    assert "not loaded" in state.pop_failures([ticket, "other"])[ticket] and state.pop_failures([ticket]) == {}
     load(state, v)
     state.attach_request("y", payload([{"vector": "v", "strength": 1.0}], v))
-    state.attach_request("z", payload([{"vector": "v", "strength": 2.0}], v))  # no slot left
-    assert state.errors == 2 and state.slots_for(["y", "z"])[1] == 0
+    taken = payload([{"vector": "v", "strength": 2.0}], v)  # a ledger bug: slot 1 given to a second config
+    state.attach_request("z", taken)
+    assert state.errors == 2 and state.slots_for(["y", "z"]).tolist() == [1, 0]
+    assert "another config" in state.pop_failures([taken["steerserve"]["ticket"]])[taken["steerserve"]["ticket"]]
+    state.attach_request("w", payload([{"vector": "v"}], v, slot=2))  # outside the table
+    assert state.errors == 3 and state.slots_for(["w"]).tolist() == [0]
     state.forget_request("y")
-    state.attach_request("z", payload([{"vector": "v", "strength": 2.0}], v))
-    assert state.slots_for(["z"])[0] > 0
+    state.attach_request("z", taken)  # slot 1 is free again: refilled with z's config
+    assert state.slots_for(["z"]).tolist() == [1] and state.errors == 3
 
 
 def test_capture_rows_follow_requests_positions_and_chunks() -> None:
