@@ -156,3 +156,10 @@ def run(argv: Sequence[str]) -> None:
     configure_logging_from_args(args)
     validate_parsed_serve_args(args)
     uvloop.run(run_server(args))
+    from server.plugin import SERVED_ENGINES, engine_died
+
+    if any(engine_died(client) for client in SERVED_ENGINES):
+        # vLLM's watchdog stopped the HTTP server after the engine died; exit non-zero so that a supervisor
+        # (compose `restart:`, Kubernetes) sees a failure and restarts it
+        logger.error("the engine died: exiting with status 1")
+        raise SystemExit(1)

@@ -71,6 +71,17 @@ class SteerserveEndpoints:
         if engine_client is None:
             raise RuntimeError("steerserve needs an engine (vLLM's render-only server has none)")
         state.steerserve = await build_state(engine_client, state, args, SteerserveSettings())
+        SERVED_ENGINES.append(engine_client)
+
+
+SERVED_ENGINES: list[Any] = []  # the engine clients this process served (`steerserve serve` checks them on exit)
+
+
+def engine_died(engine_client: Any) -> bool:
+    """True when the engine core died rather than being shut down: vLLM's output handler task then ended by
+    itself (it is cancelled on a normal shutdown)."""
+    handler = getattr(engine_client, "output_handler", None)
+    return handler is not None and handler.done() and not handler.cancelled()
 
 
 def endpoint_plugin() -> SteerserveEndpoints:
