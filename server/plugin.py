@@ -78,10 +78,11 @@ SERVED_ENGINES: list[Any] = []  # the engine clients this process served (`steer
 
 
 def engine_died(engine_client: Any) -> bool:
-    """True when the engine core died rather than being shut down: vLLM's output handler task then ended by
-    itself (it is cancelled on a normal shutdown)."""
-    handler = getattr(engine_client, "output_handler", None)
-    return handler is not None and handler.done() and not handler.cancelled()
+    """True when an engine core process died by itself (vLLM's process manager records the name of one that
+    exited non-zero before a shutdown was asked for)."""
+    resources = getattr(getattr(engine_client, "engine_core", None), "resources", None)
+    manager = getattr(resources, "engine_manager", None)
+    return bool(getattr(manager, "failed_proc_name", None))
 
 
 def endpoint_plugin() -> SteerserveEndpoints:
