@@ -267,7 +267,9 @@ def _stream_event(kind: str, event: str, texts: Texts, observation: Observation,
         data["steering"] = observation.finish("success", texts)
     elif kind == "messages" and data.get("type") == "message_start":
         data.get("message", {})["model"] = asked
-    elif "model" in data:
-        data["model"] = asked
+    elif data.get("model", asked) != asked:
+        data["model"] = asked  # a preset or experiment named as the model: echo it back
+    else:
+        return event + "\n\n"  # nothing to change: vLLM's bytes as they are (no re-serialisation per token)
     lines[data_at] = "data: " + json.dumps(data, separators=(",", ":"))
     return "\n".join(lines) + "\n\n"
