@@ -14,6 +14,7 @@ each also the environment variable `STEERSERVE_<FIELD>`. What `serve` adds to pl
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -57,12 +58,15 @@ def build_parser() -> Any:
     group = parser.add_argument_group("steerserve", about)  # type: ignore[no-untyped-call]
     for name, field in SteerserveSettings.model_fields.items():
         is_list = get_origin(field.annotation) is list
+        default = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
+        shown = " ".join(map(str, default)) if isinstance(default, list) else default
         group.add_argument(
             "--" + name.replace("_", "-"),
             dest=f"steerserve_{name}",
-            default=None,
+            default=argparse.SUPPRESS,  # not given: the environment or the setting's default decides
             nargs="+" if is_list else None,
-            help=field.description,
+            metavar=name.upper(),
+            help=f"{field.description} Default: {shown}. Env: {ENV_PREFIX}{name.upper()}.",
         )
     return parser
 
