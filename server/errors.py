@@ -95,20 +95,24 @@ def error_body(message: str, error_type: str, param: str | None, code: str | int
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
-def error_response(exc: Exception) -> JSONResponse:
-    """The response for any exception this server raises on purpose (else a 500 in the same shape)."""
+def error_parts(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(status, body, headers) for any exception this server raises on purpose (else a 500 in the same shape)."""
     if isinstance(exc, ApiError):
-        body = error_body(exc.message, exc.error_type, exc.param, exc.code)
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        return exc.status_code, error_body(exc.message, exc.error_type, exc.param, exc.code), dict(exc.headers or {})
     if isinstance(exc, SteeringError):
-        return JSONResponse(error_body(exc.message, exc.error_type, exc.param, exc.code), status_code=exc.status_code)
+        return exc.status_code, error_body(exc.message, exc.error_type, exc.param, exc.code), {}
     if isinstance(exc, StoreUnavailableError):
         body = error_body(f"vector registry unavailable: {exc}", "server_error", None, "registry_unavailable")
-        return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+        return 503, body, {"Retry-After": "1"}
     if isinstance(exc, ConflictError):
-        return JSONResponse(error_body(str(exc), "invalid_request_error", None, "conflict"), status_code=409)
+        return 409, error_body(str(exc), "invalid_request_error", None, "conflict"), {}
     logger.exception("unhandled error", exc_info=exc)
-    return JSONResponse(error_body("internal server error", "server_error", None, "internal_error"), status_code=500)
+    return 500, error_body("internal server error", "server_error", None, "internal_error"), {}
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    status, body, headers = error_parts(exc)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

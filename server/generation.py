@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 
-from server.errors import BadRequestError, error_response
+from server.errors import BadRequestError, error_parts
 from server.observe import Observation, Texts
 from server.protocol import SteeringField
 from server.state import state_of
@@ -105,17 +105,19 @@ def _parse(fields: dict[str, Any]) -> tuple[Any, str | None]:
     return steering, experiment
 
 
-def api_error(kind: str, exc: Exception) -> JSONResponse:
+def api_error_body(kind: str, exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
     """Our error in the route's own shape: vLLM's `ErrorResponse` (OpenAI's fields, `code` the HTTP status, as
     the route's schema declares), or Anthropic's `{"type": "error", "error": {...}}` for /v1/messages."""
-    response = error_response(exc)
-    error = json.loads(bytes(response.body))["error"]
+    status, body, headers = error_parts(exc)
+    error = body["error"]
     if kind == "messages":
-        body: dict[str, Any] = {"type": "error", "error": {"type": error["type"], "message": error["message"]}}
-    else:
-        body = {"error": {**error, "code": response.status_code}}
-    kept = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
-    return JSONResponse(body, status_code=response.status_code, headers=kept)
+        return status, {"type": "error", "error": {"type": error["type"], "message": error["message"]}}, headers
+    return status, {"error": {**error, "code": status}}, headers
+
+
+def api_error(kind: str, exc: Exception) -> JSONResponse:
+    status, body, headers = api_error_body(kind, exc)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def handle(kind: str, original: Endpoint, request: Any, raw_request: Request) -> Response:
@@ -234,7 +236,7 @@ def _is_last(kind: str, event: str) -> bool:
 
 
 def _error_event(kind: str, exc: Exception) -> str:
-    body = json.loads(bytes(api_error(kind, exc).body))
+    _, body, _ = api_error_body(kind, exc)
     if kind == "messages":
         return f"event: error\ndata: {json.dumps(body)}\n\n"
     return f"data: {json.dumps(body)}\n\ndata: [DONE]\n\n"

@@ -108,7 +108,6 @@ class Admitted:
     slot: int
     ticket: str
     fields: dict[str, str]
-    salt: str
 
 
 class SteeringEngine:
@@ -126,7 +125,6 @@ class SteeringEngine:
         self._vector_refs: dict[str, int] = {}  # vectors used by requests in flight: never dropped
         self._load_lock = asyncio.Lock()
         self.max_loaded_vectors = 4096
-        self.failures = 0  # requests a worker could not steer (failed loudly)
         self.activations = ActivationCapture(
             llm,
             shape.num_layers,
@@ -231,7 +229,7 @@ class SteeringEngine:
             try:
                 await self.load_vectors(t.vector for t in spec.terms if t.vector is not None)
                 ticket = uuid.uuid4().hex
-                yield Admitted(slot, ticket, spec.engine_fields(slot, ticket), spec.cache_salt())
+                yield Admitted(slot, ticket, spec.engine_fields(slot, ticket))
             finally:
                 self._release(held)
 
@@ -243,7 +241,6 @@ class SteeringEngine:
         replies: list[dict[str, str]] = await self.llm.collective_rpc("steerserve_failures", args=([admitted.ticket],))
         reasons = sorted({reply[admitted.ticket] for reply in replies if admitted.ticket in reply})
         if reasons:
-            self.failures += 1
             raise SteeringNotAppliedError(f"the engine could not apply this request's steering: {'; '.join(reasons)}")
 
     async def generate(

@@ -46,7 +46,7 @@ class FakeEngine:
         async with self.admission.admit(spec.config_hash) as slot:
             self.held.append(spec.config_hash)
             ticket = f"ticket-{len(self.held)}"
-            yield Admitted(slot, ticket, spec.engine_fields(slot, ticket), spec.cache_salt())
+            yield Admitted(slot, ticket, spec.engine_fields(slot, ticket))
 
     async def verify(self, admitted: Admitted | None) -> None:
         if admitted is not None and json.loads(admitted.fields["steerserve"])["hash"] in self.not_applied:
