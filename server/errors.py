@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from vllm.exceptions import GracefulHTTPError
 
 from steering.errors import SteeringError
 from steering.store.base import ConflictError, StoreUnavailableError
@@ -106,6 +107,10 @@ def error_parts(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
         return 503, body, {"Retry-After": "1"}
     if isinstance(exc, ConflictError):
         return 409, error_body(str(exc), "invalid_request_error", None, "conflict"), {}
+    if isinstance(exc, GracefulHTTPError):  # vLLM's own refusals (its queue limits), with vLLM's status
+        status = int(exc.http_status)
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        return status, error_body(exc.message, kind, None, "overloaded" if status == 503 else None), {}
     logger.exception("unhandled error", exc_info=exc)
     return 500, error_body("internal server error", "server_error", None, "internal_error"), {}
 

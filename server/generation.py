@@ -28,7 +28,7 @@ from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 
 from server.errors import BadRequestError, error_parts
-from server.observe import Observation, Texts
+from server.observe import CURRENT, Observation, Texts
 from server.protocol import SteeringField
 from server.state import state_of
 from server.steering_sources import HEADER, RequestSteering
@@ -141,6 +141,7 @@ async def handle(kind: str, original: Endpoint, request: Any, raw_request: Reque
         await stack.aclose()
         return api_error(kind, exc)
     observation = Observation(state, chosen, kind, started)
+    CURRENT.set(observation)  # the engine outputs vLLM's handler reads, now or while it streams, report to it
     try:
         response = await original(request=request, raw_request=raw_request)
     except BaseException:
@@ -258,7 +259,7 @@ def _stream_event(kind: str, event: str, texts: Texts, observation: Observation,
         data = json.loads(payload)
     except ValueError:
         return event + "\n\n"
-    observation.token()
+    observation.event()
     texts.feed(kind, data)
     if kind == "responses" and data.get("type") == "response.completed":
         texts.finished = True

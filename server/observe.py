@@ -3,7 +3,9 @@ inside and outside the thinking section, our Prometheus families and the experim
 
 from __future__ import annotations
 
+import contextvars
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -115,6 +117,26 @@ class Texts:
                 choice.completion_tokens = self.completion_tokens
 
 
+CURRENT: contextvars.ContextVar[Observation | None] = contextvars.ContextVar("steerserve_observation", default=None)
+
+
+def follow_engine_outputs(engine_client: Any) -> None:
+    """Let the request being observed (`CURRENT`, set by the steered route before it calls vLLM's handler) see
+    the `RequestOutput`s vLLM's handler reads from `engine_client.generate`: their stats carry the first token's
+    time, which a non-streamed answer (generated as one final output) shows nowhere else. Idempotent."""
+    original: Callable[..., AsyncIterator[Any]] = engine_client.generate
+    if getattr(original, "_steerserve_follows", False):
+        return
+
+    def generate(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        stream = original(*args, **kwargs)
+        observation = CURRENT.get()
+        return stream if observation is None else observation.follow(stream)
+
+    generate._steerserve_follows = True  # type: ignore[attr-defined]
+    engine_client.generate = generate
+
+
 class Observation:
     """The timing and outcome of one request; `finish` records it once and returns its `steering` object."""
 
@@ -123,7 +145,8 @@ class Observation:
         self.chosen = chosen
         self.kind = kind
         self.started = started
-        self.first: float | None = None
+        self.started_wall = time.time()
+        self.first: float | None = None  # perf_counter time of the first token
         self.last: float | None = None
         self.gaps: list[float] = []
         self._described: dict[str, Any] | None = None
@@ -132,12 +155,27 @@ class Observation:
     def finished(self) -> bool:
         return self._described is not None
 
-    def token(self) -> None:
-        """A streamed event arrived (its first one: the time to first token)."""
+    async def follow(self, outputs: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for output in outputs:
+            self.output(output)
+            yield output
+
+    def output(self, output: Any) -> None:
+        """One engine output: the first token's time from vLLM's request stats (arrival + first-token latency,
+        on the same wall clock), else the time the first output with tokens arrived (stats off)."""
+        if self.first is not None:
+            return
+        stats: Any = getattr(output, "metrics", None)
+        latency = float(getattr(stats, "first_token_latency", 0.0) or 0.0)
+        if latency > 0:
+            self.first = self.started + (float(stats.arrival_time) + latency - self.started_wall)
+        elif any(getattr(o, "token_ids", None) for o in getattr(output, "outputs", ())):
+            self.first = time.perf_counter()
+
+    def event(self) -> None:
+        """A streamed event went out: the gaps between them are the inter-token latencies."""
         now = time.perf_counter()
-        if self.first is None:
-            self.first = now
-        elif self.last is not None:
+        if self.last is not None:
             self.gaps.append(now - self.last)
         self.last = now
 
@@ -149,8 +187,8 @@ class Observation:
         latency = time.perf_counter() - self.started
         m.requests.labels(*labels, status).inc()
         m.e2e.labels(*labels).observe(latency)
-        if self.first is not None:  # streamed: non-streamed responses have no first-token time to observe here
-            m.ttft.labels(*labels).observe(self.first - self.started)
+        if self.first is not None:
+            m.ttft.labels(*labels).observe(max(0.0, self.first - self.started))
         for gap in self.gaps:
             m.itl.labels(*labels).observe(gap)
         m.prompt_tokens.labels(*labels).inc(texts.prompt_tokens)

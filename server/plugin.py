@@ -26,6 +26,7 @@ from server.errors import install_error_handlers
 from server.experiments import Experiments
 from server.generation import steer_generation_routes
 from server.metrics import ServerMetrics
+from server.observe import follow_engine_outputs
 from server.state import ServerState
 from server.steering_sources import SteeringSources
 from server.workflow_routes import workflow
@@ -71,6 +72,7 @@ class SteerserveEndpoints:
         if engine_client is None:
             raise RuntimeError("steerserve needs an engine (vLLM's render-only server has none)")
         state.steerserve = await build_state(engine_client, state, args, SteerserveSettings())
+        follow_engine_outputs(engine_client)  # first-token times of every request, streamed or not
         SERVED_ENGINES.append(engine_client)
 
 

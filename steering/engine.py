@@ -224,7 +224,7 @@ class SteeringEngine:
         if not self.steering_enabled:
             raise UnsupportedModelError("this engine was started without steering")
         held = set(spec.vector_hashes)
-        async with self.admission.admit(spec.config_hash) as slot:
+        async with self.admission.admit(spec.config_hash, getattr(self.llm, "check_admission", None)) as slot:
             self._hold(held)
             try:
                 await self.load_vectors(t.vector for t in spec.terms if t.vector is not None)

@@ -36,6 +36,52 @@ def start(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def start_plain_vllm(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """The README's plain-vLLM way: vLLM's own entry point, both plugins allow-listed, settings from the env."""
+    from server.launch import DEMO_REASONING_PARSER, demo_model_dir
+    from server.state import DEMO_NAME
+
+    env = {
+        **os.environ,
+        "VLLM_PLUGINS": "steerserve,steerserve_api",
+        "STEERSERVE_DATA_DIR": str(data_dir),
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+    }
+    argv = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(demo_model_dir()),
+        "--served-model-name", DEMO_NAME, "--dtype", "float32", "--reasoning-parser", DEMO_REASONING_PARSER,
+        "--port", str(port), "--enforce-eager", "--max-model-len", "512", "--shutdown-timeout", "30",
+        "--additional-config", '{"steerserve": {}}',
+    ]  # fmt: skip
+    return subprocess.Popen(argv, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+def assert_plain_vllm_steers_and_budgets_thinking(url: str) -> None:
+    """On plain vLLM: the presets are models, a preset steers, and vLLM's `thinking_token_budget` (enabled by
+    `--reasoning-parser`) cuts the toy's thinking section to the budget, steered or not."""
+    models = [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]]
+    assert {"steerserve-demo", "reflect-up", "reflect-down"} <= set(models), models
+    question = [{"role": "user", "content": "37+48-19"}]
+    budget = 6
+    for model in ("steerserve-demo", "reflect-up"):
+        reasoning = {}
+        for limit in (None, budget):
+            body: dict[str, object] = {"model": model, "messages": question, "max_tokens": 384, "temperature": 0}
+            if limit is not None:
+                body["thinking_token_budget"] = limit
+            answer = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+            assert answer.status_code == 200, answer.text
+            data = answer.json()
+            assert (data["steering"]["preset"] == "reflect-up") == (model == "reflect-up")
+            reasoning[limit] = data["choices"][0]["message"]["reasoning"]
+        counted = httpx.post(
+            f"{url}/tokenize",
+            json={"model": "steerserve-demo", "prompt": reasoning[budget], "add_special_tokens": False},
+        ).json()["count"]
+        assert 0 < counted <= budget < len(reasoning[None]), (model, reasoning)
+        assert reasoning[None].startswith(reasoning[budget]), (model, reasoning)  # cut, not changed (greedy)
+
+
 def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -119,11 +165,12 @@ def test_serve_defaults_persist_vectors_and_exit_cleanly(tmp_path: Path) -> None
     finally:
         code = stop(proc)
     assert code == 0, log.read_text()[-3000:]
-    proc = start(tmp_path / "data", port, log)  # the embedded store survives a restart
+    proc = start_plain_vllm(tmp_path / "data", port, log)  # plain vLLM with both plugins, on the same data dir
     try:
         wait_ready(url, proc, log)
-        info = httpx.get(f"{url}/v1/steering/vectors/kept")
+        info = httpx.get(f"{url}/v1/steering/vectors/kept")  # the embedded store survived the restart
         assert info.status_code == 200 and info.json()["version"] == 1
+        assert_plain_vllm_steers_and_budgets_thinking(url)
         assert_sigterm_drains(url, proc, log)
     finally:
         if proc.poll() is None:

@@ -178,6 +178,36 @@ async def test_metrics_after_traffic(server: str) -> None:
         assert f'="{vector_id}"' not in text, "a vector id leaked into a label"
 
 
+def _latency_sums(text: str) -> dict[str, float]:
+    """Unsteered requests' TTFT and end-to-end histogram sums and counts, from a /metrics scrape."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels == {"steered": "false", "preset": "none"} and sample.name.startswith(
+                ("steerserve:time_to_first_token_seconds_", "steerserve:e2e_request_latency_seconds_")
+            ):
+                out[sample.name] = sample.value
+    return out
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_time_to_first_token_is_the_engine_first_token_streamed_or_not(server: str, stream: bool) -> None:
+    """A non-streamed answer is one final output, yet its TTFT is the first token's time (vLLM's request
+    stats), far below its end-to-end latency; streamed likewise."""
+    body = {"model": SERVED, "prompt": "x", "max_tokens": 300, "ignore_eos": True, "stream": stream}
+    ttft, e2e = "steerserve:time_to_first_token_seconds_", "steerserve:e2e_request_latency_seconds_"
+    async with httpx.AsyncClient(base_url=server, headers={"Authorization": "Bearer user-secret"}, timeout=60) as http:
+        before = _latency_sums((await http.get("/metrics")).text)
+        response = await http.post("/v1/completions", json=body)
+        assert response.status_code == 200
+        after = _latency_sums((await http.get("/metrics")).text)
+    delta = {name: after[name] - before.get(name, 0.0) for name in after}
+    assert delta[ttft + "count"] == 1 and delta[e2e + "count"] == 1
+    assert 0 < delta[ttft + "sum"] < 0.5 * delta[e2e + "sum"], delta
+
+
 async def _engine_idle(engine: Any, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

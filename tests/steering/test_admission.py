@@ -38,3 +38,32 @@ async def test_cancelled_waiter_leaves_no_trace() -> None:
         await asyncio.gather(waiter, return_exceptions=True)
         assert admission.waiting == 0
     assert admission.active_configs == 0
+
+
+async def test_a_request_about_to_wait_is_put_to_the_queue_limit_first() -> None:
+    """With every slot held, the k-th waiter asks the engine's queue check for k (itself and those before it);
+    a refusal leaves nothing behind. Requests that would not wait never ask."""
+    admission = ConfigAdmission(1)
+    asked: list[int] = []
+
+    def check(n: int) -> None:
+        asked.append(n)
+        if n > 2:
+            raise OverflowError("queue full")
+
+    async with admission.admit("a", check):
+        async with admission.admit("a", check):  # shares the held config: no wait, no check
+            pass
+        waiters = [asyncio.create_task(admission.admit("b", check).__aenter__()) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        assert asked == [1, 2] and admission.waiting == 2
+        try:
+            async with admission.admit("c", check):
+                raise AssertionError("admitted past the queue limit")
+        except OverflowError:
+            pass
+        assert asked == [1, 2, 3] and admission.waiting == 2
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+    assert admission.waiting == 0 and admission.active_configs == 0
