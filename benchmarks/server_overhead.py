@@ -9,7 +9,9 @@ each block starts its server, warms it up and runs `--reps` repetitions of the s
 workload (32 concurrent clients). Inside a steerserve block, unsteered and steered (every request steered by
 one uploaded vector) alternate. steerserve/vLLM ratios pair repetition i of a B block with repetition i of the
 neighbouring A block; steered/unsteered ratios are paired within each repetition. We report medians with a
-bootstrap 95 % CI, and time-to-first-token p50/p99.
+bootstrap 95 % CI, and time-to-first-token p50/p99. Throughput on this 2-core machine is shared with the load
+generator itself, so each repetition also records the CPU time the API server process (not its engine core
+child) spent per 1,000 generated tokens: the HTTP side's own cost, which is where steerserve adds its work.
 
     python benchmarks/server_overhead.py --reps 5 --cycles 2 --out benchmarks/results/server_overhead.json
 """
@@ -91,8 +93,22 @@ async def one_request(
     return ttft or 0.0, tokens
 
 
+def api_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the API server process alone (its engine core is a child process)."""
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
 async def run_arm(
-    url: str, model: str, prompts: list[str], clients: int, max_tokens: int, steering: list[dict[str, Any]] | None
+    url: str,
+    model: str,
+    prompts: list[str],
+    clients: int,
+    max_tokens: int,
+    steering: list[dict[str, Any]] | None,
+    server_pid: int,
 ) -> dict[str, Any]:
     queue = list(prompts)
     ttfts: list[float] = []
@@ -108,11 +124,14 @@ async def run_arm(
 
     limits = httpx.Limits(max_connections=clients)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        cpu_before = api_cpu_seconds(server_pid)
         start = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(clients)))
         seconds = time.perf_counter() - start
+        cpu = api_cpu_seconds(server_pid) - cpu_before
     return {
         "tok_per_s": total / seconds,
+        "api_cpu_ms_per_1k_tokens": 1e6 * cpu / max(1, total),
         "seconds": seconds,
         "tokens": total,
         "ttft_p50": float(np.percentile(ttfts, 50)),
@@ -175,18 +194,19 @@ async def run_block(
                 )
                 response.raise_for_status()
         for arm in arms:  # warm-up
-            await run_arm(url, "tiny", prompts[: args.clients], args.clients, 8, steering if "steered" in arm else None)
+            warm = steering if "steered" in arm else None
+            await run_arm(url, "tiny", prompts[: args.clients], args.clients, 8, warm, proc.pid)
         for rep in range(args.reps):
             order = arms if rep % 2 == 0 else arms[::-1]
             for arm in order:
                 await asyncio.sleep(args.pause)
-                result = await run_arm(
-                    url, "tiny", prompts, args.clients, args.max_tokens, steering if "steered" in arm else None
-                )
+                chosen = steering if "steered" in arm else None
+                result = await run_arm(url, "tiny", prompts, args.clients, args.max_tokens, chosen, proc.pid)
                 runs.append({"block": block, "rep": rep, "arm": arm, **result})
                 print(
                     f"block {block} rep {rep} {arm:>20}: {result['tok_per_s']:8.1f} tok/s  ttft p50 "
-                    f"{result['ttft_p50'] * 1000:.0f} ms p99 {result['ttft_p99'] * 1000:.0f} ms",
+                    f"{result['ttft_p50'] * 1000:.0f} ms p99 {result['ttft_p99'] * 1000:.0f} ms  API CPU "
+                    f"{result['api_cpu_ms_per_1k_tokens']:.0f} ms/1k tok",
                     flush=True,
                 )
     finally:
@@ -218,6 +238,8 @@ def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str,
     blocks = sorted({r["block"] for r in runs})
     vs_vllm: list[float] = []
     steered: list[float] = []
+    cpu_vs_vllm: list[float] = []
+    cpu_steered: list[float] = []
     for block in blocks:
         if (block, 0, "steerserve") not in by:
             continue
@@ -226,6 +248,9 @@ def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str,
             ours = by[(block, rep, "steerserve")]["tok_per_s"]
             vs_vllm.append(ours / by[(partner, rep, "vllm")]["tok_per_s"])
             steered.append(by[(block, rep, "steerserve_steered")]["tok_per_s"] / ours)
+            cpu = "api_cpu_ms_per_1k_tokens"
+            cpu_vs_vllm.append(by[(block, rep, "steerserve")][cpu] / by[(partner, rep, "vllm")][cpu])
+            cpu_steered.append(by[(block, rep, "steerserve_steered")][cpu] / by[(block, rep, "steerserve")][cpu])
 
     def ratio(values: list[float]) -> dict[str, Any]:
         lo, hi = bootstrap_median_ci(values)
@@ -238,6 +263,7 @@ def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str,
             "median_tok_per_s": statistics.median(r["tok_per_s"] for r in rows),
             "ttft_p50_ms": 1000 * statistics.median(r["ttft_p50"] for r in rows),
             "ttft_p99_ms": 1000 * statistics.median(r["ttft_p99"] for r in rows),
+            "api_cpu_ms_per_1k_tokens": statistics.median(r["api_cpu_ms_per_1k_tokens"] for r in rows),
         }
     return {
         "model": "tiny llama (4 layers, hidden 128), vLLM CPU default dtype (bf16), eager, 1 engine thread",
@@ -249,7 +275,12 @@ def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str,
             "blocks": len(blocks),
             "stream": True,
         },
-        "ratios": {"steerserve_vs_vllm": ratio(vs_vllm), "steered_vs_unsteered": ratio(steered)},
+        "ratios": {
+            "steerserve_vs_vllm": ratio(vs_vllm),
+            "steered_vs_unsteered": ratio(steered),
+            "api_cpu_steerserve_vs_vllm": ratio(cpu_vs_vllm),
+            "api_cpu_steered_vs_unsteered": ratio(cpu_steered),
+        },
         "arms": arms,
         "command": "python " + " ".join(sys.argv),
         "runs": runs,
@@ -264,14 +295,24 @@ def markdown(result: dict[str, Any]) -> str:
         f"Workload: {result['workload']}",
         f"Command: `{result['command']}`",
         "",
+        "Throughput ratios (tok/s; target >= 0.97 unsteered, >= 0.95 steered) and API-process CPU per token ratios "
+        "(> 1: more CPU per token).",
+        "",
         "| ratio | median | 95 % CI |",
         "|---|---|---|",
     ]
     for name, row in result["ratios"].items():
         lines.append(f"| {name} | {row['median']:.3f} | [{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}] |")
-    lines += ["", "| arm | median tok/s | TTFT p50 (ms) | TTFT p99 (ms) |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "| arm | median tok/s | TTFT p50 (ms) | TTFT p99 (ms) | API CPU ms / 1k tokens |",
+        "|---|---|---|---|---|",
+    ]
     for arm, row in result["arms"].items():
-        lines.append(f"| {arm} | {row['median_tok_per_s']:.1f} | {row['ttft_p50_ms']:.0f} | {row['ttft_p99_ms']:.0f} |")
+        lines.append(
+            f"| {arm} | {row['median_tok_per_s']:.1f} | {row['ttft_p50_ms']:.0f} | {row['ttft_p99_ms']:.0f} "
+            f"| {row['api_cpu_ms_per_1k_tokens']:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -70,26 +70,9 @@ class ModelNotFoundError(NotFoundError):
     code = "model_not_found"
 
 
-class ConflictApiError(ApiError):
-    status_code = 409
-    code = "conflict"
-
-
 class PayloadTooLargeError(ApiError):
     status_code = 413
     code = "payload_too_large"
-
-
-class OverloadedError(ApiError):
-    status_code = 503
-    error_type = "server_error"
-    code = "overloaded"
-
-
-class ServiceUnavailableError(ApiError):
-    status_code = 503
-    error_type = "server_error"
-    code = "service_unavailable"
 
 
 def error_body(message: str, error_type: str, param: str | None, code: str | int | None) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from typing import Any, get_origin
 from pydantic import ValidationError
 
 from server.state import DEMO_NAME
-from steering.config import ADDITIONAL_CONFIG_KEY, ENDPOINT_PLUGIN_NAME, PLUGIN_NAME
+from steering.config import ADDITIONAL_CONFIG_KEY, ENDPOINT_PLUGIN_NAME, PLUGIN_NAME, prefer_v1_runner
 from steering.settings import ENV_PREFIX, SteerserveSettings
 
 logger = logging.getLogger("steerserve.server")
@@ -130,6 +130,7 @@ def apply_steering_defaults(args: Namespace, argv: Sequence[str], settings: Stee
         args.api_key = [*api_keys, settings.admin_key]  # vLLM's middleware lets the admin key through too
     allowed = [n.strip() for n in os.environ.get("VLLM_PLUGINS", "").split(",") if n.strip()]
     os.environ["VLLM_PLUGINS"] = ",".join(dict.fromkeys([*allowed, PLUGIN_NAME, ENDPOINT_PLUGIN_NAME]))
+    prefer_v1_runner()
 
 
 def prepare(argv: Sequence[str]) -> Namespace:

@@ -22,6 +22,7 @@ class EngineSteeringConfig:
     max_configs: int = 32  # distinct steering configs in flight at once (table rows besides row 0)
     limits: SteeringLimits = field(default_factory=SteeringLimits)
     sites: tuple[str, ...] = SITES  # sites with an op compiled in; fewer sites, less always-on work
+    layers: tuple[int, ...] = ()  # layers with an op compiled in (negative: from the end); empty: every layer
     capture_tokens: int = 1024  # activation rows capturable per step (0: no capture); memory = rows x layers x hidden
     plugin_version: str = __version__
 
@@ -37,7 +38,17 @@ class EngineSteeringConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["sites"] = list(self.sites)
+        data["layers"] = list(self.layers)
         return data
+
+    def steerable_layers(self, num_layers: int) -> tuple[int, ...]:
+        """The absolute layers with an op (all of them when `layers` is empty); raise for a layer the model lacks."""
+        if not self.layers:
+            return tuple(range(num_layers))
+        wrong = [layer for layer in self.layers if not -num_layers <= layer < num_layers]
+        if wrong:
+            raise ValueError(f"steering layers {wrong} do not exist: the model has {num_layers} layers")
+        return tuple(sorted({layer % num_layers for layer in self.layers}))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EngineSteeringConfig:
@@ -45,9 +56,16 @@ class EngineSteeringConfig:
             max_configs=int(data["max_configs"]),
             limits=SteeringLimits(**data["limits"]),
             sites=tuple(data["sites"]),
+            layers=tuple(int(layer) for layer in data.get("layers") or ()),
             capture_tokens=int(data.get("capture_tokens", 0)),
             plugin_version=str(data.get("plugin_version", __version__)),
         )
+
+
+def prefer_v1_runner() -> None:
+    """Ask vLLM for its V1 model runner unless the user chose (`VLLM_USE_V2_MODEL_RUNNER`): the V1 path is the one
+    steerserve's tests run (the CPU runner is V1's); the plugin's V2 hooks have not run inside vLLM on a GPU."""
+    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
 
 
 def named_in_vllm_plugins() -> bool:

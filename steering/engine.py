@@ -1,14 +1,14 @@
 """Engine factory: an `AsyncLLM` with the steering plugin active, vector loading and steered generation.
 
-The server uses this and nothing below it. Per request it (1) waits for admission of the config, (2) makes
-sure every vector the config names is loaded in every worker (collective RPC, once per content hash),
-(3) puts the resolved spec into `SamplingParams.extra_args` and (4) salts the prefix cache with the config
-hash, so steered KV is never shared with other configs or with unsteered requests.
+The server uses this and nothing below it. Per request it (1) waits for admission of the config, (2) puts the
+resolved spec into `SamplingParams.extra_args`, with every vector the workers are not yet known to hold carried
+inline (so a new vector costs no extra round trip before its first token), and (3) salts the prefix cache with
+the config hash, so steered KV is never shared with other configs or with unsteered requests. A vector counts as
+held once a request that carried it was verified steered.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
@@ -18,14 +18,17 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from steering.admission import ConfigAdmission
 from steering.capture import ActivationCapture, Activations
-from steering.config import ADDITIONAL_CONFIG_KEY, SUPPORTED_ARCHITECTURES, EngineSteeringConfig, steering_config_of
+from steering.config import (
+    ADDITIONAL_CONFIG_KEY,
+    SUPPORTED_ARCHITECTURES,
+    EngineSteeringConfig,
+    prefer_v1_runner,
+    steering_config_of,
+)
 from steering.errors import SteeringNotAppliedError, UnsupportedModelError
 from steering.spec import ModelShape, ResolvedSpec, SteeringTerm, VectorLookup, resolve_spec
-from steering.vectors import SteeringVector
 
 logger = logging.getLogger("steerserve.engine")
 
@@ -108,6 +111,7 @@ class Admitted:
     slot: int
     ticket: str
     fields: dict[str, str]
+    carried: tuple[str, ...] = ()  # content hashes of the vectors the request carries to the workers
 
 
 class SteeringEngine:
@@ -121,9 +125,8 @@ class SteeringEngine:
         self.steering_enabled = steering is not None
         self.limits = steering.limits if steering is not None else None
         self.admission = ConfigAdmission(steering.max_configs if steering is not None else 1)
-        self._loaded: OrderedDict[str, None] = OrderedDict()
+        self._loaded: OrderedDict[str, None] = OrderedDict()  # held by every worker (confirmed), LRU order
         self._vector_refs: dict[str, int] = {}  # vectors used by requests in flight: never dropped
-        self._load_lock = asyncio.Lock()
         self.max_loaded_vectors = 4096
         self.activations = ActivationCapture(
             llm,
@@ -153,6 +156,8 @@ class SteeringEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         shape = model_shape(settings.model, require_supported=settings.steering is not None)
+        if settings.steering is not None:
+            prefer_v1_runner()
         vllm_config = engine_args(settings).create_engine_config()
         if settings.steering is not None:
             from steering.vllm_plugin.runner import unsupported_mode
@@ -175,38 +180,23 @@ class SteeringEngine:
         """Validate terms against the registry and this model (raises `SteeringError` with the field named)."""
         if self.limits is None:
             raise UnsupportedModelError("this engine was started without steering")
-        sites = self.steering_config.sites if self.steering_config is not None else ()
-        return resolve_spec(terms, lookup, self.shape, self.limits, self.encode_single_token, sites)
+        config = self.steering_config
+        assert config is not None
+        layers = config.steerable_layers(self.shape.num_layers)
+        return resolve_spec(terms, lookup, self.shape, self.limits, self.encode_single_token, config.sites, layers)
 
-    async def load_vectors(self, vectors: Iterable[SteeringVector]) -> None:
-        """Load directions into every worker once per content hash (idempotent)."""
-        missing = {v.sha256: v for v in vectors if v.sha256 not in self._loaded}
-        if not missing:
-            return
-        async with self._load_lock:
-            missing = {sha: v for sha, v in missing.items() if sha not in self._loaded}
-            if missing:
-                payload = [
-                    {
-                        "sha256": sha,
-                        "layers": {int(k): np.asarray(d, dtype="<f4").tobytes() for k, d in v.layers.items()},
-                    }
-                    for sha, v in missing.items()
-                ]
-                await self.llm.collective_rpc("steerserve_load_vectors", args=(payload,))
-                self._loaded.update(dict.fromkeys(missing))
-            await self._evict_idle_vectors()
-
-    async def _evict_idle_vectors(self) -> None:
+    async def _confirm_loaded(self, hashes: Iterable[str]) -> None:
+        """Every worker now holds these vectors (a request that carried them was steered): later requests name
+        them by hash only. Beyond `max_loaded_vectors`, idle ones are dropped from the workers."""
+        for sha in hashes:
+            self._loaded[sha] = None
+            self._loaded.move_to_end(sha)
         excess = len(self._loaded) - self.max_loaded_vectors
-        if excess <= 0:
-            return
-        in_use = self._vector_refs
-        victims = [sha for sha in self._loaded if sha not in in_use][:excess]
+        victims = [sha for sha in self._loaded if sha not in self._vector_refs][: max(0, excess)]
+        for sha in victims:
+            self._loaded.pop(sha, None)
         if victims:
             await self.llm.collective_rpc("steerserve_drop_vectors", args=(victims,))
-            for sha in victims:
-                self._loaded.pop(sha, None)
 
     async def worker_stats(self) -> list[dict[str, Any]]:
         stats: list[dict[str, Any]] = await self.llm.collective_rpc("steerserve_stats")
@@ -215,9 +205,9 @@ class SteeringEngine:
     # ---- generation ---------------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def steered(self, spec: ResolvedSpec | None) -> AsyncIterator[Admitted | None]:
-        """Around one request's whole life: wait for admission of its config (all slots taken: it waits), keep its
-        vectors from eviction and load them into every worker; yields what the request must carry. A no-op spec
-        (or None) passes straight through."""
+        """Around one request's whole life: wait for admission of its config (all slots taken: it waits) and keep
+        its vectors from eviction; yields what the request must carry (with the vectors the workers are not yet
+        known to hold, inline). A no-op spec (or None) passes straight through."""
         if spec is None or spec.is_noop:
             yield None
             return
@@ -227,9 +217,12 @@ class SteeringEngine:
         async with self.admission.admit(spec.config_hash, getattr(self.llm, "check_admission", None)) as slot:
             self._hold(held)
             try:
-                await self.load_vectors(t.vector for t in spec.terms if t.vector is not None)
+                carried = {
+                    t.sha256: t.vector for t in spec.terms if t.vector is not None and t.sha256 not in self._loaded
+                }
                 ticket = uuid.uuid4().hex
-                yield Admitted(slot, ticket, spec.engine_fields(slot, ticket))
+                fields = spec.engine_fields(slot, ticket, tuple(carried.values()))
+                yield Admitted(slot, ticket, fields, tuple(carried))
             finally:
                 self._release(held)
 
@@ -242,6 +235,7 @@ class SteeringEngine:
         reasons = sorted({reply[admitted.ticket] for reply in replies if admitted.ticket in reply})
         if reasons:
             raise SteeringNotAppliedError(f"the engine could not apply this request's steering: {'; '.join(reasons)}")
+        await self._confirm_loaded(admitted.carried)
 
     async def generate(
         self,
@@ -337,15 +331,6 @@ class SteeringEngine:
         except Exception:  # noqa: BLE001 - any failure means the engine is not serving
             return False
         return not self.llm.errored
-
-    @staticmethod
-    def vllm_version() -> str:
-        import vllm
-
-        return str(vllm.__version__)
-
-    async def abort(self, request_id: str) -> None:
-        await self.llm.abort(request_id)
 
     def shutdown(self) -> None:
         self.llm.shutdown()

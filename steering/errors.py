@@ -37,14 +37,6 @@ class UnsupportedModelError(SteeringError):
     code = "steering_unsupported"
 
 
-class SteeringCapacityError(SteeringError):
-    """More steering state was asked for than the engine was configured to hold (503)."""
-
-    status_code = 503
-    error_type = "server_error"
-    code = "steering_capacity"
-
-
 class SteeringNotAppliedError(SteeringError):
     """A worker could not steer a request it was told to steer: the request fails, never passes as steered (500)."""
 

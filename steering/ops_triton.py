@@ -1,15 +1,16 @@
-"""The steering op as one fused Triton kernel per (layer, site), for CUDA devices.
+"""The steering op as one fused, in-place Triton kernel per (layer, site), for CUDA devices.
 
 `steering_delta` in torch runs one gather, one reduction and one update per channel: under Inductor that is
 several kernels per channel, and at decode batch sizes each kernel costs about as much as it would for a
 thousand tokens (launch- and latency-bound). This kernel does a token row per program: it reads the row's
-slot, and a row with slot 0 (unsteered, or padding) only copies `target`; a steered row keeps the stream in
-fp32 registers and applies its K channels in order. Same formula, same tables; the result is `target + delta`
-with the delta accumulated in fp32.
+slot, and a row with slot 0 (unsteered, or padding) does nothing else: no read, no write of the stream. A
+steered row keeps the stream in fp32 registers, applies its K channels in order and writes `target + delta`
+back in place. Same formula, same tables as the torch op.
 
-Registered as the custom op `steerserve::steered_sum` (the plugin's own namespace, never `vllm`) with a fake
-implementation, so torch.compile and CUDA-graph capture treat it as one opaque kernel that reads the tables'
-current contents on every replay. Hidden sizes above `MAX_HIDDEN` use the torch op.
+Registered as `steerserve::steer_fused_in_place` (the plugin's own library, `steering.ops.LIBRARY`, never
+`vllm`) with a fake implementation, so torch.compile and CUDA-graph capture treat it as one opaque kernel that
+mutates `target` and reads the tables' current contents on every replay. Hidden sizes above `MAX_HIDDEN` use
+the torch op.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import functools
 
 import torch
+
+from steering.ops import LIBRARY
 
 MAX_HIDDEN = 16384  # one row per program, held in registers
 
@@ -39,7 +42,7 @@ def usable(x: torch.Tensor) -> bool:
     return x.is_cuda and x.shape[-1] <= MAX_HIDDEN and available()
 
 
-def steered_sum(
+def steer_in_place(
     target: torch.Tensor,
     extra: torch.Tensor | None,
     token_slot: torch.Tensor,
@@ -47,10 +50,10 @@ def steered_sum(
     directions: torch.Tensor,
     coefficients: torch.Tensor,
     term_index: torch.Tensor,
-) -> torch.Tensor:
-    """`steering.ops.steered_sum` in one kernel (`extra` may be None)."""
-    op = torch.ops.steerserve.steered_sum
-    return op(target, extra, token_slot, token_gate, directions, coefficients, term_index)  # type: ignore[no-any-return]
+) -> None:
+    """`target += steering_delta(target + extra, ...)` in one kernel (`extra` may be None); slot-0 rows untouched."""
+    op = torch.ops.steerserve.steer_fused_in_place
+    op(target, extra, token_slot, token_gate, directions, coefficients, term_index)
 
 
 @functools.cache
@@ -59,10 +62,9 @@ def _kernel() -> object:
     import triton.language as tl
 
     @triton.jit  # type: ignore[untyped-decorator, unused-ignore]
-    def steered_sum_kernel(  # type: ignore[no-untyped-def, unused-ignore]  # Triton reads annotations
+    def steer_in_place_kernel(  # type: ignore[no-untyped-def, unused-ignore]  # Triton reads annotations
         target_ptr,
         extra_ptr,
-        out_ptr,
         slot_ptr,
         gate_ptr,
         dir_ptr,
@@ -71,19 +73,17 @@ def _kernel() -> object:
         hidden,
         stride_target,
         stride_extra,
-        stride_out,
         stride_gate,
         HAS_EXTRA: tl.constexpr,
         K: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
         row = tl.program_id(0)
-        offs = tl.arange(0, BLOCK)
-        mask = offs < hidden
-        target = tl.load(target_ptr + row * stride_target + offs, mask=mask, other=0.0)
         slot = tl.load(slot_ptr + row)
-        result = target
-        if slot != 0:  # slot 0 (unsteered or padding): a copy, no table reads
+        if slot != 0:  # slot 0 (unsteered or padding): nothing to read or write
+            offs = tl.arange(0, BLOCK)
+            mask = offs < hidden
+            target = tl.load(target_ptr + row * stride_target + offs, mask=mask, other=0.0)
             t32 = target.to(tl.float32)
             x = t32
             if HAS_EXTRA:
@@ -98,10 +98,9 @@ def _kernel() -> object:
                 b = tl.load(coef_ptr + channel * 2 + 1)
                 proj = tl.sum((x + delta) * direction, axis=0)
                 delta += gate * (c + b * proj) * direction
-            result = (t32 + delta).to(target.dtype)
-        tl.store(out_ptr + row * stride_out + offs, result, mask=mask)
+            tl.store(target_ptr + row * stride_target + offs, (t32 + delta).to(target.dtype), mask=mask)
 
-    return steered_sum_kernel
+    return steer_in_place_kernel
 
 
 def _launch(
@@ -112,45 +111,49 @@ def _launch(
     directions: torch.Tensor,
     coefficients: torch.Tensor,
     term_index: torch.Tensor,
-) -> torch.Tensor:
+) -> None:
     import triton
 
-    target = target if target.stride(-1) == 1 else target.contiguous()
-    if extra is not None and extra.stride(-1) != 1:
-        extra = extra.contiguous()
-    out = torch.empty_like(target)
     n, hidden = target.shape
     if n == 0:
-        return out
-    k = directions.shape[1]
+        return
+    rows = target if target.stride(-1) == 1 else target.contiguous()  # vLLM's hidden states already are
+    if extra is not None and extra.stride(-1) != 1:
+        extra = extra.contiguous()
     block = triton.next_power_of_2(hidden)
     kernel = _kernel()
     kernel[(n,)](  # type: ignore[index]
-        target,
-        extra if extra is not None else target,
-        out,
+        rows,
+        extra if extra is not None else rows,
         token_slot,
         token_gate,
         directions.contiguous(),
         coefficients.contiguous(),
         term_index.contiguous(),
         hidden,
-        target.stride(0),
+        rows.stride(0),
         extra.stride(0) if extra is not None else 0,
-        out.stride(0),
         token_gate.stride(0),
         HAS_EXTRA=extra is not None,
-        K=k,
+        K=directions.shape[1],
         BLOCK=block,
         num_warps=max(1, min(16, block // 256)),
     )
-    return out
+    if rows is not target:
+        target.copy_(rows)
+
+
+def _fake(*_args: object) -> None:
+    return None
+
+
+LIBRARY.define(  # type: ignore[no-untyped-call]
+    "steer_fused_in_place(Tensor(a!) target, Tensor? extra, Tensor token_slot, Tensor token_gate, "
+    "Tensor directions, Tensor coefficients, Tensor term_index) -> ()"
+)
+torch.library.register_fake("steerserve::steer_fused_in_place", _fake, lib=LIBRARY)
 
 
 @functools.cache
 def _register() -> None:
-    torch.library.custom_op("steerserve::steered_sum", mutates_args=(), device_types="cuda")(_launch)
-
-    @torch.library.register_fake("steerserve::steered_sum")  # type: ignore[untyped-decorator]
-    def _fake(target: torch.Tensor, *_: object) -> torch.Tensor:
-        return torch.empty_like(target)
+    LIBRARY.impl("steer_fused_in_place", _launch, "CUDA")  # type: ignore[no-untyped-call]

@@ -44,6 +44,11 @@ class SteerserveSettings(BaseSettings):
         description="Sites with the steering op compiled in; requests for others get 400. Every enabled site "
         "costs on every step, steered or not (GPU figures: benchmarks/results/steering_op_gpu.md).",
     )
+    steering_layers: list[int] = Field(
+        default_factory=list,
+        description="Layers with the steering op compiled in (negative: from the end); requests for others get 400. "
+        "Empty: every layer. On CUDA graphs every enabled (layer, site) costs on every step, steered or not.",
+    )
     max_terms_per_site: int = Field(
         default=4, ge=1, le=16, description="Terms that may share one (layer, site): the op's channel count K."
     )
@@ -57,5 +62,6 @@ class SteerserveSettings(BaseSettings):
             max_configs=self.max_steering_configs,
             limits=SteeringLimits(max_strength=self.max_strength, max_terms_per_site=self.max_terms_per_site),
             sites=tuple(self.steering_sites),
+            layers=tuple(self.steering_layers),
             capture_tokens=self.capture_tokens,
         )

@@ -8,15 +8,17 @@ salting the prefix cache.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from steering.errors import InvalidSteeringError, UnknownVectorError
@@ -170,10 +172,22 @@ class ResolvedSpec:
         """The JSON-able form that travels in `SamplingParams.extra_args` (hashes, no names)."""
         return {"hash": self.config_hash, "terms": [t.canonical() for t in self.terms]}
 
-    def engine_fields(self, slot: int, ticket: str) -> dict[str, str]:
-        """What a request carries to the workers: the slot the API process admitted it to and a ticket to ask
-        after it by. vLLM's `vllm_xargs` / `SamplingParams.extra_args` are flat: the payload travels as JSON."""
-        payload = {**self.engine_payload(), "slot": slot, "ticket": ticket}
+    def engine_fields(self, slot: int, ticket: str, vectors: Sequence[SteeringVector] = ()) -> dict[str, str]:
+        """What a request carries to the workers: the slot the API process admitted it to, a ticket to ask after
+        it by, and the `vectors` the workers may not hold yet (every layer, base64 little-endian float32).
+        vLLM's `vllm_xargs` / `SamplingParams.extra_args` are flat: the payload travels as JSON."""
+        payload: dict[str, Any] = {**self.engine_payload(), "slot": slot, "ticket": ticket}
+        if vectors:
+            payload["vectors"] = [
+                {
+                    "sha256": v.sha256,
+                    "layers": {
+                        str(layer): base64.b64encode(np.asarray(d, dtype="<f4").tobytes()).decode()
+                        for layer, d in v.layers.items()
+                    },
+                }
+                for v in vectors
+            ]
         return {"steerserve": json.dumps(payload, separators=(",", ":"))}
 
     def cache_salt(self, existing: str | None = None) -> str:
@@ -195,16 +209,17 @@ def resolve_spec(
     limits: SteeringLimits = SteeringLimits(),
     encode: TokenEncoder | None = None,
     sites: Sequence[str] = SITES,
+    layers: Collection[int] | None = None,
 ) -> ResolvedSpec:
-    """Validate `terms` against the registry (`lookup`), the model, `limits` and the sites the engine has an op
-    at; raise a `SteeringError`."""
+    """Validate `terms` against the registry (`lookup`), the model, `limits` and the sites and `layers` (absolute;
+    None: all) the engine has an op at; raise a `SteeringError`."""
     if len(terms) > limits.max_terms:
         raise InvalidSteeringError(
             f"at most {limits.max_terms} steering terms are allowed, got {len(terms)}", param="steering"
         )
     resolved: list[ResolvedTerm] = []
     for index, term in enumerate(terms):
-        item = _resolve_term(term, f"steering[{index}]", lookup, model, limits, encode, sites)
+        item = _resolve_term(term, f"steering[{index}]", lookup, model, limits, encode, sites, layers)
         if item is not None:
             resolved.append(item)
     per_site = Counter((layer, t.site) for t in resolved for layer in t.layers)
@@ -226,6 +241,7 @@ def _resolve_term(
     limits: SteeringLimits,
     encode: TokenEncoder | None,
     sites: Sequence[str],
+    steerable: Collection[int] | None,
 ) -> ResolvedTerm | None:
     vector_id, version = parse_vector_ref(term.vector)
     try:
@@ -255,6 +271,12 @@ def _resolve_term(
             param=f"{where}.site",
         )
     layers = _resolve_layers(term.layers, vector, model, f"{where}.layers")
+    if steerable is not None and not set(layers) <= set(steerable):
+        raise InvalidSteeringError(
+            f"layer(s) {sorted(set(layers) - set(steerable))} are not steerable on this server (steerable: "
+            f"{sorted(steerable)}; see --steering-layers)",
+            param=f"{where}.layers",
+        )
     positions, tokens = _resolve_positions(term.positions or defaults.positions, model, limits, encode, where)
     if strength == 0.0 and op in ("add", "project"):
         return None  # the identity: dropping it lets zero-strength arms share the unsteered cache

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 
 def register() -> None:
+    from steering.config import named_in_vllm_plugins, prefer_v1_runner
     from steering.vllm_plugin.runner import patch_runners
     from steering.vllm_plugin.worker import install_worker_methods
 
     patch_runners()
     install_worker_methods()
+    if named_in_vllm_plugins():  # allow-listed by name: this environment's engines steer (plain `vllm serve`)
+        prefer_v1_runner()

@@ -102,7 +102,8 @@ def _steered(module: nn.Module, site: str, target: torch.Tensor, extra: torch.Te
         getattr(module, f"steer_{site}_term_index"),
     )
     if getattr(module, "_steer_fused"):
-        return ops_triton.steered_sum(target, extra, *tables)
+        ops_triton.steer_in_place(target, extra, *tables)  # rows of slot 0 are neither read nor written
+        return target
     if runtime.device.type == "cpu":
         # No CUDA graph on CPU: the custom op reads this step's channel count itself, eagerly and compiled,
         # so a (layer, site) no request of the step uses costs one call and nothing else.

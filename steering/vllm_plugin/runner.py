@@ -56,6 +56,7 @@ def build_state(runner: Any) -> None:
     state = SteeringState(
         config,
         local_layers=[index for index, _ in layers],
+        steerable_layers=config.steerable_layers(model_config.get_total_num_hidden_layers()),
         hidden_size=model_config.get_hidden_size(),
         max_tokens=int(runner.max_num_tokens) + 64,
         dtype=model_config.dtype,
@@ -64,7 +65,12 @@ def build_state(runner: Any) -> None:
     state.eager_skip = _runs_eagerly_without_graphs(runner.vllm_config)
     layer_patch.install(layers, state)
     setattr(runner, STATE_ATTR, state)
-    logger.info("steerserve: steering %d layers at sites %s", len(layers), ",".join(config.sites))
+    logger.info(
+        "steerserve: steering layers %s of %d local at sites %s",
+        ",".join(map(str, state.steerable_layers)),
+        len(layers),
+        ",".join(config.sites),
+    )
 
 
 def _runs_eagerly_without_graphs(vllm_config: Any) -> bool:

@@ -1,12 +1,14 @@
 """Per-worker steering state: the vector store, the fixed tables and the per-step token buffers.
 
-Lives in each worker process (one per TP/PP rank). Requests carry only content hashes and coefficients; the
-directions arrive once through `load_vectors` (collective RPC). Nothing here raises on a request's content:
+Lives in each worker process (one per TP/PP rank). Requests carry content hashes and coefficients; a vector the
+API process does not know every worker to hold yet rides along inline with the request (`load_vectors` on
+arrival, so a new vector needs no round trip of its own). Nothing here raises on a request's content:
 an exception in a worker kills the engine, so the API process validates first and this side logs and counts.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from collections import OrderedDict
@@ -56,6 +58,7 @@ class SteeringState:
         self,
         config: EngineSteeringConfig,
         local_layers: Sequence[int],
+        steerable_layers: Sequence[int],
         hidden_size: int,
         max_tokens: int,
         dtype: torch.dtype,
@@ -63,6 +66,7 @@ class SteeringState:
     ) -> None:
         self.config = config
         self.local_layers = tuple(local_layers)
+        self.steerable_layers = tuple(layer for layer in self.local_layers if layer in set(steerable_layers))
         self.hidden_size = hidden_size
         self.device = device
         self.dtype = dtype
@@ -82,7 +86,7 @@ class SteeringState:
                     coefficients=torch.zeros(rows, k, 2, dtype=torch.float32, device=device),
                     term_index=torch.zeros(rows, k, dtype=torch.int64, device=device),
                 )
-                for layer in self.local_layers
+                for layer in self.steerable_layers
                 for site in config.sites
             }
         self.vectors: dict[str, dict[int, StoredDirection]] = {}
@@ -108,7 +112,7 @@ class SteeringState:
             else None
         )
 
-    # ---- vectors (collective RPC) -------------------------------------------------------------------------
+    # ---- vectors (inline with requests; dropped by collective RPC) ----------------------------------------
     def load_vectors(self, vectors: Iterable[Mapping[str, Any]]) -> int:
         """Store directions: each item {"sha256", "layers": {layer: little-endian float32 bytes}}."""
         count = 0
@@ -142,6 +146,16 @@ class SteeringState:
         if not payload:
             return
         key, slot, ticket = str(payload["hash"]), int(payload.get("slot", -1)), str(payload.get("ticket", req_id))
+        carried = payload.get("vectors") or ()
+        if carried:  # vectors this worker may not hold yet, inline (see `ResolvedSpec.engine_fields`)
+            try:
+                self.load_vectors(
+                    {"sha256": v["sha256"], "layers": {int(k): base64.b64decode(d) for k, d in v["layers"].items()}}
+                    for v in carried
+                )
+            except (KeyError, ValueError, TypeError) as exc:
+                self._fail(ticket, f"a vector it carries could not be loaded: {exc!r}")
+                return
         if not 1 <= slot <= self.config.max_configs:
             self._fail(ticket, f"slot {slot} is outside 1..{self.config.max_configs}")
             return
@@ -279,6 +293,7 @@ class SteeringState:
     def stats(self) -> dict[str, Any]:
         return {
             "local_layers": list(self.local_layers),
+            "steerable_layers": list(self.steerable_layers),
             "sites": list(self.config.sites),
             "vectors": len(self.vectors),
             "configs_in_use": sum(1 for refs in self._slot_refs.values() if refs > 0),

@@ -7,7 +7,7 @@ travels. Mixing them into the base class (rather than asking for `--worker-exten
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from steering.vllm_plugin.runner import state_of
@@ -24,10 +24,6 @@ class SteeringWorkerMethods:
         if state is None:
             raise RuntimeError("steerserve plugin is not active in this worker")
         return state
-
-    def steerserve_load_vectors(self, vectors: Sequence[Mapping[str, Any]]) -> int:
-        """Store directions keyed by content hash; requests then carry only the hash."""
-        return self._steering_state().load_vectors(vectors)
 
     def steerserve_drop_vectors(self, hashes: Sequence[str]) -> int:
         return self._steering_state().drop_vectors(hashes)

@@ -3,6 +3,7 @@
 - LoRA (`--enable-lora --lora-modules`): a LoRA request, a steered request, a steered LoRA request and a plain
   one, sent together, each equal to its own run alone (greedy). The adapter is a PEFT-format LoRA written here
   for the tiny Llama (no peft needed).
+- `--steering-layers 1 2`: ops and tables on those layers only; a term on another layer is a 400.
 - the queue limit (`--max-num-queued-reqs`): requests waiting for a steering slot count against it, so a burst
   of new configs cannot overshoot it; the ones past it get vLLM's 503 at once.
 """
@@ -28,6 +29,7 @@ USER = {"Authorization": "Bearer user-secret"}
 ADAPTER = "tiny-lora"
 RANK = 8
 MAX_CONFIGS = 2
+STEERABLE = (1, 2)
 MAX_QUEUED = 12
 
 
@@ -72,13 +74,13 @@ def write_lora_adapter(model: Path, target: Path, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="module")
-async def lora_server(tiny_llama: Path, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+async def flags_engine(tiny_llama: Path) -> AsyncIterator[Any]:
+    """An engine started with LoRA, a queue limit, 2 steering slots and layers 1, 2 steerable."""
     from steering.config import EngineSteeringConfig
 
-    adapter = write_lora_adapter(tiny_llama, tmp_path_factory.mktemp("lora") / ADAPTER)
     engine = make_engine(
         tiny_llama,
-        steering=EngineSteeringConfig(max_configs=MAX_CONFIGS),
+        steering=EngineSteeringConfig(max_configs=MAX_CONFIGS, layers=STEERABLE),
         extra=(
             ("block_size", 32),
             ("enable_lora", True),
@@ -87,6 +89,15 @@ async def lora_server(tiny_llama: Path, redis_url: str, tmp_path_factory: pytest
             ("max_num_queued_reqs", MAX_QUEUED),
         ),
     )
+    yield engine
+    engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+async def lora_server(
+    flags_engine: Any, tiny_llama: Path, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[str]:
+    adapter = write_lora_adapter(tiny_llama, tmp_path_factory.mktemp("lora") / ADAPTER)
     env = {
         "STEERSERVE_REDIS_URL": redis_url,
         "STEERSERVE_REGISTRY_NAMESPACE": "lora",
@@ -96,21 +107,21 @@ async def lora_server(tiny_llama: Path, redis_url: str, tmp_path_factory: pytest
         tiny_llama, "--enable-lora", "--lora-modules", f"{ADAPTER}={adapter}", "--max-lora-rank", str(RANK),
         "--max-num-queued-reqs", str(MAX_QUEUED),
     )  # fmt: skip
-    app = await vllm_app(engine, argv, env)
+    app = await vllm_app(flags_engine, argv, env)
     url, uv, task = await serve_app(app)
     try:
         hidden = json.loads((tiny_llama / "config.json").read_text())["hidden_size"]
         direction = np.random.default_rng(7).standard_normal(hidden).astype("<f4")
         direction *= 3.0 / np.linalg.norm(direction)
-        layers = {str(layer): base64.b64encode(direction.tobytes()).decode() for layer in (1, 2)}
+        layers = {str(layer): base64.b64encode(direction.tobytes()).decode() for layer in (0, 1, 2)}
         async with httpx.AsyncClient(base_url=url, headers=ADMIN) as http:
-            created = await http.post("/v1/steering/vectors", json={"id": "lora-mix", "layers": layers})
+            vector = {"id": "lora-mix", "layers": layers, "defaults": {"layers": list(STEERABLE)}}
+            created = await http.post("/v1/steering/vectors", json=vector)
             assert created.status_code == 201, created.text
         yield url
     finally:
         uv.should_exit = True
         await task
-        engine.shutdown()
 
 
 KINDS: dict[str, dict[str, Any]] = {
@@ -178,3 +189,15 @@ async def test_waiting_for_a_steering_slot_counts_against_the_queue_limit(lora_s
     assert codes.count(200) == MAX_QUEUED - MAX_CONFIGS and codes.count(503) == 20 - (MAX_QUEUED - MAX_CONFIGS), codes
     refused = next(r for r in burst if r.status_code == 503).json()
     assert set(refused["error"]) == {"message", "type", "param", "code"}
+
+
+async def test_only_the_steering_layers_have_an_op(lora_server: str, flags_engine: Any) -> None:
+    """Started with layers 1 and 2 steerable: the workers hold tables for those alone, and a term reaching layer
+    0 is refused in the API process (400 naming the field), nothing sent to the engine."""
+    stats = await flags_engine.worker_stats()
+    assert [s["steerable_layers"] for s in stats] == [list(STEERABLE)] * len(stats)
+    body = {"model": SERVED, "prompt": "x", "max_tokens": 2, "steering": [{"vector": "lora-mix", "layers": [0, 1]}]}
+    async with httpx.AsyncClient(base_url=lora_server, headers=USER, timeout=60) as http:
+        refused = await http.post("/v1/completions", json=body)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "steering[0].layers", refused.text
+    assert "--steering-layers" in refused.json()["error"]["message"]

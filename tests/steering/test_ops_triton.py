@@ -66,7 +66,8 @@ def _check_in_interpreter() -> None:
                 target = (torch.randn(n, hidden, generator=gen) * 3).to(dtype)
                 extra = torch.randn(n, hidden, generator=gen).to(dtype) if with_extra else None
                 dirs = dirs.to(dtype)
-                got = ops_triton._launch(target, extra, slot, gate, dirs, coef, index)
+                got = target.clone()
+                ops_triton._launch(got, extra, slot, gate, dirs, coef, index)  # in place
                 x = target.double() + (extra.double() if extra is not None else 0)
                 expected = target.double() + _formula(x, slot[:n], gate[:n], dirs, coef, index)
                 error = float((got.double() - expected).norm() / expected.norm())

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from steering.config import EngineSteeringConfig
 from steering.errors import InvalidSteeringError, UnknownVectorError
 from steering.spec import ModelShape, SteeringLimits, SteeringTerm, TokenPositions, parse_vector_ref, resolve_spec
 from steering.vectors import SteeringVector, VectorDefaults
@@ -169,3 +170,19 @@ def test_a_site_the_engine_has_no_op_at_is_refused_naming_the_field() -> None:
     with pytest.raises(InvalidSteeringError) as err:
         resolve_spec(terms, lookup_of(vec()), SHAPE, SteeringLimits(), None, ("residual", "mlp"))
     assert err.value.param == "steering[1].site" and "--steering-sites" in str(err.value)
+
+
+def test_a_layer_the_engine_has_no_op_at_is_refused_naming_the_field() -> None:
+    """`--steering-layers`: terms on the steerable layers resolve; one reaching past them is a 400 naming it."""
+    steerable = EngineSteeringConfig(layers=(1, -1)).steerable_layers(SHAPE.num_layers)
+    assert steerable == (1, SHAPE.num_layers - 1)
+    lookup = lookup_of(vec(layers=(0, 1, 3)))
+    ok = resolve_spec([SteeringTerm(vector="r", layers=[1])], lookup, SHAPE, layers=steerable)
+    assert ok.terms[0].layers == (1,)
+    terms = [SteeringTerm(vector="r", layers=[-1]), SteeringTerm(vector="r", layers=[0, 1])]
+    with pytest.raises(InvalidSteeringError) as err:
+        resolve_spec(terms, lookup, SHAPE, layers=steerable)
+    assert err.value.param == "steering[1].layers" and "--steering-layers" in str(err.value)
+    with pytest.raises(ValueError):
+        EngineSteeringConfig(layers=(SHAPE.num_layers,)).steerable_layers(SHAPE.num_layers)
+    assert EngineSteeringConfig.from_dict(EngineSteeringConfig(layers=(1, -1)).to_dict()).layers == (1, -1)

@@ -14,10 +14,12 @@ from steering.vllm_plugin.state import SteeringState
 SHAPE = ModelShape(num_layers=3, hidden_size=8, vocab_size=50)
 
 
-def make_state(max_configs: int = 4) -> SteeringState:
-    config = EngineSteeringConfig(max_configs=max_configs, limits=SteeringLimits(max_terms=4, max_terms_per_site=2))
+def make_state(max_configs: int = 4, layers: tuple[int, ...] = ()) -> SteeringState:
+    limits = SteeringLimits(max_terms=4, max_terms_per_site=2)
+    config = EngineSteeringConfig(max_configs=max_configs, limits=limits, layers=layers)
+    steerable = config.steerable_layers(SHAPE.num_layers)
     return SteeringState(
-        config, [0, 1, 2], hidden_size=8, max_tokens=64, dtype=torch.float32, device=torch.device("cpu")
+        config, [0, 1, 2], steerable, hidden_size=8, max_tokens=64, dtype=torch.float32, device=torch.device("cpu")
     )
 
 
@@ -108,6 +110,31 @@ def test_mismatches_never_raise_and_are_reported_by_ticket() -> None:
     state.forget_request("y")
     state.attach_request("z", taken)  # slot 1 is free again: refilled with z's config
     assert state.slots_for(["z"]).tolist() == [1] and state.errors == 3
+
+
+def test_vectors_carried_inline_load_on_arrival_then_the_hash_alone_serves() -> None:
+    """A request carrying a vector the worker lacks (as `ResolvedSpec.engine_fields` sends it, JSON with base64
+    layers) is steered at once; a later config naming only its hash fills from the loaded copy."""
+    state, v = make_state(), vector("v", 4)
+    table = {"v": v}
+    limits = SteeringLimits(max_terms=4, max_terms_per_site=2)
+    first = resolve_spec([SteeringTerm(vector="v", strength=1.5)], lambda i, _: table[i], SHAPE, limits)
+    state.attach_request("a", first.engine_fields(1, "t-a", [v]))
+    assert state.errors == 0 and state.slots_for(["a"]).tolist() == [1]
+    unit = torch.from_numpy(v.layers[2] / np.linalg.norm(v.layers[2]))
+    assert torch.allclose(state.tables[(2, "residual")].directions[1, 0], unit, atol=1e-6)
+    second = resolve_spec([SteeringTerm(vector="v", strength=-1.0)], lambda i, _: table[i], SHAPE, limits)
+    state.attach_request("b", second.engine_fields(2, "t-b"))  # no vectors carried: the hash is enough now
+    assert state.errors == 0 and state.slots_for(["b"]).tolist() == [2]
+
+
+def test_tables_exist_only_for_steerable_layers() -> None:
+    """`--steering-layers 1`: no op and no table on layers 0 and 2 (nothing to pay there), layer 1 steers."""
+    state, v = make_state(layers=(-2,)), vector("v", 5)
+    assert state.steerable_layers == (1,) and {layer for layer, _ in state.tables} == {1}
+    load(state, v)
+    state.attach_request("r", payload([{"vector": "v", "layers": [1]}], v))
+    assert state.errors == 0 and state.slots_for(["r"]).tolist() == [1]
 
 
 def test_capture_rows_follow_requests_positions_and_chunks() -> None:
