@@ -11,7 +11,9 @@ position kept, the engine's per-request capture capacity applied to both) and ev
 cosine between the two difference-of-means vectors per layer (target >= 0.999 everywhere) and the wall time
 of gathering the rows (steerserve: until its layer scan starts; the scan's probes are extra work the seed
 method does not do; HF: the forward passes and gathers). Target: steerserve >= 3x faster. HF runs first with
-the machine to itself (torch threads = all cores), then the engine starts (load time not counted).
+the machine to itself, then the engine starts (load and compile time not counted). Both get the same cores
+(`--threads`, default all): HF as torch threads, the engine's worker as its OpenMP binding
+(`VLLM_CPU_OMP_THREADS_BIND`, which otherwise keeps one core back for the API process).
 
     python benchmarks/extraction_speed.py --model smollm2-135m-instruct \
         --traces benchmarks/results/smollm2_reflection/traces.jsonl \
@@ -55,11 +57,11 @@ def trace_ids(tokenizer: Any, trace: TraceIn) -> tuple[list[int], int]:
     return [int(t) for t in prompt] + [int(t) for t in completion], len(prompt)
 
 
-def run_hf(path: Path, traces: list[TraceIn], horizon: int, capacity: int) -> dict[str, Any]:
+def run_hf(path: Path, traces: list[TraceIn], horizon: int, capacity: int, threads: int) -> dict[str, Any]:
     """The seed code's way: one trace per forward pass, all hidden states, rows gathered on the host."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype="float32").eval()
     layers = model.config.num_hidden_layers
@@ -131,6 +133,7 @@ async def run_steerserve(path: Path, traces: list[TraceIn], horizon: int) -> dic
         return {
             "seconds": stages.get("scanning layers", finished) - started,
             "seconds_with_scan": finished - started,
+            "cores": os.environ["VLLM_CPU_OMP_THREADS_BIND"],
             "capacity": engine.activations.budget.capacity,
             "reflective": outcome.counts["reflective_used"],
             "non_reflective": outcome.counts["non_reflective_used"],
@@ -159,7 +162,8 @@ def markdown(res: dict[str, Any]) -> str:
         "|---|---|---|---|",
         f"| HF `output_hidden_states`, one trace at a time ({hf['threads']} torch threads) | "
         f"{hf['reflective']} / {hf['non_reflective']} | {hf['seconds']:.1f} | {res['tokens'] / hf['seconds']:.0f} |",
-        f"| steerserve capture (`run_extraction`, until its layer scan) | {ours['reflective']} / "
+        f"| steerserve capture (`run_extraction`, until its layer scan; worker on cores {ours['cores']}) | "
+        f"{ours['reflective']} / "
         f"{ours['non_reflective']} | {ours['seconds']:.1f} | {res['tokens'] / ours['seconds']:.0f} |",
         "",
         f"**Speed-up: {res['speedup']:.2f}x** (target >= 3x; with steerserve's layer scan counted: "
@@ -175,11 +179,14 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--traces", type=Path, default=Path("benchmarks/results/smollm2_reflection/traces.jsonl"))
     parser.add_argument("--horizon", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="cores for each side")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/extraction_speed.json"))
     args = parser.parse_args()
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0" if args.threads == 1 else f"0-{args.threads - 1}")
     path, description = model_path(args.model)
     traces = [TraceIn.model_validate_json(line) for line in args.traces.read_text().splitlines() if line.strip()]
-    hf = run_hf(path, traces, args.horizon, CAPTURE_TOKENS)
+    hf = run_hf(path, traces, args.horizon, CAPTURE_TOKENS, args.threads)
     ours = asyncio.run(run_steerserve(path, traces, args.horizon))
     assert (hf["reflective"], hf["non_reflective"]) == (ours["reflective"], ours["non_reflective"]), (hf, ours)
     cosines = [cosine(a, b) for a, b in zip(hf.pop("directions"), ours.pop("directions"), strict=True)]

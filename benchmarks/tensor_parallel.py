@@ -1,4 +1,5 @@
-"""Tensor parallelism: vLLM's CPU backend with tensor_parallel_size=2 against TP=1 on a tiny Llama.
+"""Tensor parallelism: vLLM's CPU backend with tensor_parallel_size=2 against TP=1 on a tiny model (Llama by
+default; `--arch qwen3_moe` or `mixtral` for an MoE, whose experts TP shards and whose output it all-reduces).
 
 Both engines (one after the other, each in its own process tree) decode the same prompts greedily, unsteered and
 with three steering configs (add on the residual stream, the paper's project op on the MLP output, a clamp);
@@ -7,6 +8,7 @@ all-reduce, so every rank applies the same op to the same stream. vLLM's CPU bac
 rank by default; on a one-node machine the script names the cores (VLLM_CPU_OMP_THREADS_BIND="0|1").
 
     python benchmarks/tensor_parallel.py --out benchmarks/results
+    python benchmarks/tensor_parallel.py --arch qwen3_moe --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=24)
-    parser.add_argument("--out", type=Path, default=None, help="write tensor_parallel.json here")
+    parser.add_argument("--arch", default="llama", help="tiny model architecture (steering.models.tiny)")
+    parser.add_argument("--out", type=Path, default=None, help="write tensor_parallel[_ARCH].json here")
     parser.add_argument("--tp", type=int, default=None, help=argparse.SUPPRESS)  # child process: one engine
     parser.add_argument("--model", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -103,7 +106,8 @@ def main() -> None:
 
     from steering.models.tiny import TinyModelSpec, build_tiny_model
 
-    model = build_tiny_model(TinyModelSpec())
+    spec = TinyModelSpec(architecture=args.arch)
+    model = build_tiny_model(spec)
     runs: dict[int, dict[str, Any]] = {}
     for tp in (1, 2):
         cmd = [sys.executable, __file__, "--tp", str(tp), "--model", str(model)]
@@ -115,7 +119,10 @@ def main() -> None:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, check=False, env=env)
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
         runs[tp] = json.loads(lines[-1]) if lines else {"error": f"exit {done.returncode}", "log": done.stderr[-4000:]}
-    result: dict[str, Any] = {"model": "tiny Llama (4 layers, hidden 128, 4 heads, 2 KV heads), fp32, eager"}
+    result: dict[str, Any] = {
+        "model": f"tiny {args.arch} ({spec.num_layers} layers, hidden {spec.hidden_size}, {spec.num_heads} heads, "
+        f"{spec.num_kv_heads} KV heads), fp32, eager"
+    }
     if all("tokens" in runs[tp] for tp in (1, 2)):
         same = {name: runs[1]["tokens"][name] == runs[2]["tokens"][name] for name in CONFIGS}
         differs = {
@@ -134,7 +141,8 @@ def main() -> None:
     print(json.dumps(result, indent=1))
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "tensor_parallel.json").write_text(json.dumps(result, indent=1) + "\n")
+        name = "tensor_parallel.json" if args.arch == "llama" else f"tensor_parallel_{args.arch}.json"
+        (args.out / name).write_text(json.dumps(result, indent=1) + "\n")
     sys.exit(0 if result["passed"] else 1)
 
 

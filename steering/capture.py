@@ -131,6 +131,8 @@ def merge_replies(replies: list[dict[str, Any]], capture_id: str, layers: list[i
         result = reply.get(capture_id)
         if result is None:
             continue
+        if "error" in result:
+            raise InvalidSteeringError(str(result["error"]), param="site")
         pool, count = result["pool"], int(result["count"])
         positions = list(result["positions"])
         for layer, raw in result["layers"].items():

@@ -12,7 +12,6 @@ from steering.spec import SITES, SteeringLimits
 ADDITIONAL_CONFIG_KEY = "steerserve"
 PLUGIN_NAME = "steerserve"  # the general plugin's entry-point name, as `VLLM_PLUGINS` lists it
 ENDPOINT_PLUGIN_NAME = "steerserve_api"  # the endpoint plugin's
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ from steering.admission import ConfigAdmission
 from steering.capture import ActivationCapture, Activations
 from steering.config import (
     ADDITIONAL_CONFIG_KEY,
-    SUPPORTED_ARCHITECTURES,
     EngineSteeringConfig,
     prefer_v1_runner,
     steering_config_of,
@@ -56,20 +55,21 @@ class EngineSettings:
     extra: tuple[tuple[str, Any], ...] = ()  # further vLLM engine args, by name
 
 
-def model_shape(model: str, require_supported: bool = True) -> ModelShape:
-    """Read the model's config in the API process; refuse architectures the plugin cannot steer."""
+def model_shape(model: str) -> ModelShape:
+    """Read the model's config in the API process (whether its layers can be steered is checked where they are
+    built: the workers refuse at start-up, naming what the layer lacks)."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(model)
     text_config = getattr(config, "text_config", None) or config
     architectures = tuple(getattr(config, "architectures", None) or ())
-    if require_supported and not any(arch in SUPPORTED_ARCHITECTURES for arch in architectures):
-        raise UnsupportedModelError(
-            f"steering supports {', '.join(SUPPORTED_ARCHITECTURES)}; {model} is {', '.join(architectures) or '?'}"
-        )
+    try:
+        num_layers, hidden_size = int(text_config.num_hidden_layers), int(text_config.hidden_size)
+    except (AttributeError, TypeError):
+        raise UnsupportedModelError(f"{model} has no decoder layers to steer (no num_hidden_layers)") from None
     return ModelShape(
-        num_layers=int(text_config.num_hidden_layers),
-        hidden_size=int(text_config.hidden_size),
+        num_layers=num_layers,
+        hidden_size=hidden_size,
         vocab_size=int(text_config.vocab_size),
         architecture=architectures[0] if architectures else "",
         name=model,
@@ -144,7 +144,7 @@ class SteeringEngine:
 
         model_config = llm.model_config
         steering = steering_config_of(llm.vllm_config)
-        shape = model_shape(model_config.model, require_supported=steering is not None)
+        shape = model_shape(model_config.model)
         tokenizer = AutoTokenizer.from_pretrained(
             model_config.tokenizer, trust_remote_code=bool(model_config.trust_remote_code)
         )
@@ -155,7 +155,7 @@ class SteeringEngine:
         """Start the engine (call inside a running event loop; vLLM on CPU spawns processes: guard __main__)."""
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        shape = model_shape(settings.model, require_supported=settings.steering is not None)
+        shape = model_shape(settings.model)
         if settings.steering is not None:
             prefer_v1_runner()
         vllm_config = engine_args(settings).create_engine_config()
@@ -216,6 +216,8 @@ class SteeringEngine:
         held = set(spec.vector_hashes)
         async with self.admission.admit(spec.config_hash, getattr(self.llm, "check_admission", None)) as slot:
             self._hold(held)
+            for sha in held & self._loaded.keys():
+                self._loaded.move_to_end(sha)  # recently used: evicted last
             try:
                 carried = {
                     t.sha256: t.vector for t in spec.terms if t.vector is not None and t.sha256 not in self._loaded
@@ -244,9 +246,11 @@ class SteeringEngine:
         request_id: str,
         steering: ResolvedSpec | None = None,
         cache_salt: str | None = None,
+        lora_request: Any = None,
     ) -> AsyncIterator[Any]:
         """Stream `RequestOutput`s (the library path: benchmarks, extraction); a steered request waits here while
-        all config slots are taken, and raises `SteeringNotAppliedError` at its end if it was not steered."""
+        all config slots are taken, and raises `SteeringNotAppliedError` at its end if it was not steered.
+        `lora_request` is vLLM's `LoRARequest` (engines started with `enable_lora`)."""
         spec = steering if steering is not None and not steering.is_noop else None
         inputs: dict[str, Any] = {"prompt": prompt} if isinstance(prompt, str) else {"prompt_token_ids": list(prompt)}
         async with self.steered(spec) as admitted:
@@ -257,7 +261,7 @@ class SteeringEngine:
                 salt = spec.cache_salt(cache_salt)
             if salt:
                 inputs["cache_salt"] = salt
-            async for output in self.llm.generate(inputs, params, request_id):
+            async for output in self.llm.generate(inputs, params, request_id, lora_request=lora_request):
                 yield output
             await self.verify(admitted)
 

@@ -56,6 +56,21 @@ async def llama_engine(tiny_llama: Path) -> AsyncIterator[object]:
     engine.shutdown()
 
 
+@pytest.fixture(scope="session")
+def tiny_moe(model_cache_dir: Path) -> Path:
+    from steering.models.tiny import TinyModelSpec, build_tiny_model
+
+    return build_tiny_model(TinyModelSpec(architecture="qwen3_moe", seed=1), model_cache_dir)
+
+
+@pytest.fixture(scope="session")
+async def moe_engine(tiny_moe: Path) -> AsyncIterator[object]:
+    """A shared eager Qwen3-MoE engine (4 experts, top 2), configured like the Llama one."""
+    engine = make_engine(tiny_moe)
+    yield engine
+    engine.shutdown()
+
+
 def hf_model(path: Path) -> object:
     """The Hugging Face transformers model of a checkpoint, fp32, in eval mode (the tests' reference)."""
     from transformers import AutoModelForCausalLM

@@ -31,7 +31,7 @@ _WORDS = (
 class TinyModelSpec:
     """Architecture and size of a tiny model; the defaults give a ~1 MB Llama."""
 
-    architecture: str = "llama"  # llama | qwen2 | qwen3 | mistral
+    architecture: str = "llama"  # llama | qwen2 | qwen3 | mistral | phi3 | gemma3 | granite | mixtral | qwen3_moe
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
@@ -126,18 +126,42 @@ def _hf_config(spec: TinyModelSpec, vocab_size: int) -> object:
         eos_token_id=2,
         dtype="float32",
     )
-    classes = {
-        "llama": transformers.LlamaConfig,
-        "qwen2": transformers.Qwen2Config,
-        "qwen3": transformers.Qwen3Config,
-        "mistral": transformers.MistralConfig,
+    head_dim = spec.hidden_size // spec.num_heads
+    classes: dict[str, tuple[type, dict[str, object]]] = {
+        "llama": (transformers.LlamaConfig, {}),
+        "qwen2": (transformers.Qwen2Config, {}),
+        "qwen3": (transformers.Qwen3Config, {"head_dim": head_dim}),
+        "mistral": (transformers.MistralConfig, {}),
+        "phi3": (transformers.Phi3Config, {"pad_token_id": 2}),
+        # post-norms around attention and MLP, (1 + w) RMSNorm, scaled embeddings, local/global attention
+        "gemma3": (transformers.Gemma3TextConfig, {"head_dim": head_dim, "query_pre_attn_scalar": head_dim}),
+        # MoE: the block's MLP is a sparse mixture of experts
+        "mixtral": (transformers.MixtralConfig, {"num_local_experts": 4, "num_experts_per_tok": 2}),
+        # single-hidden-state layers with residual, embedding, attention and logit multipliers
+        "granite": (
+            transformers.GraniteConfig,
+            {
+                "embedding_multiplier": 2.0,
+                "residual_multiplier": 0.5,
+                "attention_multiplier": 1.5 / head_dim**0.5,
+                "logits_scaling": 2.0,
+            },
+        ),
+        "qwen3_moe": (
+            transformers.Qwen3MoeConfig,
+            {
+                "head_dim": head_dim,
+                "num_experts": 4,
+                "num_experts_per_tok": 2,
+                "moe_intermediate_size": spec.intermediate_size // 2,
+                "decoder_sparse_step": 1,
+            },
+        ),
     }
     if spec.architecture not in classes:
         raise ValueError(f"unknown tiny architecture {spec.architecture!r}; use one of {sorted(classes)}")
-    extra: dict[str, object] = {}
-    if spec.architecture == "qwen3":
-        extra["head_dim"] = spec.hidden_size // spec.num_heads
-    return classes[spec.architecture](**common, **extra)
+    config_class, extra = classes[spec.architecture]
+    return config_class(**common, **extra)
 
 
 def _write_model(path: Path, spec: TinyModelSpec) -> None:

@@ -81,6 +81,8 @@ class CaptureState:
         self.results: OrderedDict[str, dict[str, Any]] = OrderedDict()  # by capture id
         self._pending: list[tuple[CaptureJob, int]] = []  # (job, position) of each buffer row this step
         self.overflows = 0
+        # False when the layers return one hidden state (no separate MLP output reaches the layer's end)
+        self.mlp_site = True
 
     @property
     def active(self) -> bool:
@@ -94,6 +96,12 @@ class CaptureState:
     def attach(self, req_id: str, extra_args: Mapping[str, Any] | None) -> None:
         payload = (extra_args or {}).get(CAPTURE_KEY)
         if not payload:
+            return
+        if payload.get("site") == "mlp" and not self.mlp_site:
+            self.results[str(payload["id"])] = {
+                "error": "this model's decoder layers return one hidden state: capture site 'mlp' is not "
+                "available; capture site 'residual'"
+            }
             return
         self.jobs[req_id] = CaptureJob(
             req_id=req_id,

@@ -1,70 +1,118 @@
 """Install the steering op into the decoder layers of one loaded model instance.
 
-Patching is per instance (class swap on the target model's own layers), never on the layer class globally,
-so a draft model that reuses the class is untouched. vLLM's split residual form: a decoder layer returns
-(h, r) and the stream after block L is h + r; the returned h is block L's MLP output.
+Patching is per instance (class swap on the target model's own layers and submodules), never on a class
+globally, so a draft model that reuses the class is untouched. The layers are found from the model's own layer
+list, whatever their class. Two layer conventions:
+
+- split residual (most vLLM models): a layer returns (h, r) and the stream after block L is h + r; the
+  returned h is block L's MLP branch as it joins the stream (after a post-feedforward norm where the
+  architecture has one, e.g. Gemma), so `mlp` steers h and `residual` steers h + r;
+- single hidden state (e.g. Granite): a layer returns the stream itself, so `residual` steers the output and
+  `mlp` the MLP branch's own module output (its post-feedforward norm where there is one, else the MLP or MoE
+  block, before any residual multiplier).
+
+`attn` is the attention submodule's output (before any post-attention norm, multiplier and residual add).
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 from torch import nn
 
 from steering import ops_triton
-from steering.config import SUPPORTED_ARCHITECTURES
 from steering.errors import UnsupportedModelError
 from steering.ops import steer_in_place, steered_sum
 from steering.vllm_plugin.capture import capture_rows
 from steering.vllm_plugin.state import SteeringState
 
-SUPPORTED_LAYER_CLASSES = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer")
+ATTENTION_NAMES = ("self_attn", "attn", "self_attention", "attention")
+MLP_BRANCH_NAMES = ("post_feedforward_layernorm", "post_mlp_layernorm", "mlp", "block_sparse_moe", "feed_forward")
 
-_STEERED_CLASSES: dict[type, type] = {}
+_STEERED_CLASSES: dict[tuple[type, Any], type] = {}
 
 
-def decoder_layers(model: nn.Module) -> list[tuple[int, nn.Module]]:
-    """(global index, layer) for the layers this rank holds; raise for architectures we do not support."""
-    inner = getattr(model, "model", None)
-    layers = getattr(inner, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise UnsupportedModelError(
-            f"steering supports {', '.join(SUPPORTED_ARCHITECTURES)}; {type(model).__name__} has no decoder layers"
-        )
+def decoder_layers(model: nn.Module, sites: tuple[str, ...]) -> list[tuple[int, nn.Module]]:
+    """(global index, layer) for the decoder layers this rank holds; raise a start-up error naming what a layer
+    lacks when `sites` cannot be steered on it."""
+    layers = _layer_list(model)
     found: list[tuple[int, nn.Module]] = []
     for index, layer in enumerate(layers):
         if type(layer).__name__ == "PPMissingLayer":
             continue  # held by another pipeline stage
-        if not _is_supported(type(layer)):
+        problem = unsteerable(layer, sites)
+        if problem is not None:
             raise UnsupportedModelError(
-                f"steering supports {', '.join(SUPPORTED_LAYER_CLASSES)} layers, not {type(layer).__name__}"
+                f"steerserve cannot steer {type(model).__name__}: its decoder layer {type(layer).__name__} {problem}"
             )
         found.append((index, layer))
     return found
 
 
-def _is_supported(cls: type) -> bool:
-    return any(base.__name__ in SUPPORTED_LAYER_CLASSES for base in cls.__mro__)
+def _layer_list(model: nn.Module) -> nn.ModuleList:
+    """The decoder layer list: `model.layers` of the causal LM's inner model (vLLM's convention), else the
+    shallowest `...layers` ModuleList anywhere in the model (e.g. a multimodal model's language model)."""
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if isinstance(layers, nn.ModuleList):
+        return layers
+    candidates = [
+        (name.count("."), module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and name.split(".")[-1] == "layers"
+    ]
+    if not candidates:
+        raise UnsupportedModelError(f"steerserve cannot steer {type(model).__name__}: no decoder layer list found")
+    return min(candidates, key=lambda item: item[0])[1]
+
+
+def split_residual(layer: nn.Module) -> bool:
+    """Whether the layer follows vLLM's split-residual convention (its forward takes and returns a residual)."""
+    return "residual" in inspect.signature(type(layer).forward).parameters
+
+
+def submodule(layer: nn.Module, names: tuple[str, ...]) -> nn.Module | None:
+    for name in names:
+        module = getattr(layer, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    return None
+
+
+def unsteerable(layer: nn.Module, sites: tuple[str, ...]) -> str | None:
+    """Why `sites` cannot be steered on `layer`, or None."""
+    if "attn" in sites and submodule(layer, ATTENTION_NAMES) is None:
+        return f"has no attention submodule ({', '.join(ATTENTION_NAMES)}) for site 'attn'"
+    if "mlp" in sites and not split_residual(layer) and submodule(layer, MLP_BRANCH_NAMES) is None:
+        return f"returns one hidden state and has no MLP submodule ({', '.join(MLP_BRANCH_NAMES)}) for site 'mlp'"
+    return None
 
 
 def install(layers: list[tuple[int, nn.Module]], state: SteeringState) -> None:
-    """Swap each layer (and its attention for site 'attn') to a steered subclass that reads `state`'s tables."""
+    """Swap each layer (and the submodules of its sites) to steered subclasses that read `state`'s tables."""
+    sites = state.config.sites
     for index, layer in layers:
         if getattr(layer, "_steerserve_installed", False):
             continue
-        _attach_tables(layer, state, index, ("mlp", "residual"))
+        split = split_residual(layer)
+        if not split and state.capture is not None:
+            state.capture.mlp_site = False
+        _attach_tables(layer, state, index, ("mlp", "residual") if split else ("residual",))
         if state.capture is not None:
             layer.register_buffer("steer_capture_index", state.capture.index, persistent=False)
             layer.register_buffer("steer_capture_buffer", state.capture.buffers[index], persistent=False)
             layer.register_buffer("steer_capture_residual_scale", state.capture.residual_scale, persistent=False)
             layer.register_buffer("steer_capture_count", state.capture.count, persistent=False)
         setattr(layer, "_steer_capture", state.capture is not None)  # a trace-time constant
-        layer.__class__ = _steered_class(type(layer), _layer_forward)
-        if "attn" in state.config.sites:
-            attn: nn.Module = getattr(layer, "self_attn")
-            _attach_tables(attn, state, index, ("attn",))
-            attn.__class__ = _steered_class(type(attn), _attn_forward)
+        layer.__class__ = _steered_class(type(layer), _layer_forward if split else _single_layer_forward)
+        branches = [("attn", ATTENTION_NAMES)] + ([] if split else [("mlp", MLP_BRANCH_NAMES)])
+        for site, names in branches:
+            module = submodule(layer, names)
+            if site in sites and module is not None:
+                _attach_tables(module, state, index, (site,))
+                module.__class__ = _steered_class(type(module), _branch_forward)
         setattr(layer, "_steerserve_installed", True)
 
 
@@ -130,6 +178,15 @@ def _layer_forward(self: nn.Module, base: type, *args: Any, **kwargs: Any) -> An
     return hidden, residual
 
 
+def _single_layer_forward(self: nn.Module, base: type, *args: Any, **kwargs: Any) -> Any:
+    hidden = getattr(base, "forward")(self, *args, **kwargs)
+    if "residual" in getattr(self, "_steer_sites"):
+        hidden = _steered(self, "residual", hidden)
+    if getattr(self, "_steer_capture"):
+        _capture(self, hidden, hidden.new_zeros(1, hidden.shape[-1]).expand_as(hidden))
+    return hidden
+
+
 def _capture(layer: nn.Module, hidden: torch.Tensor, residual: torch.Tensor) -> None:
     """Gather the wanted rows of the stream after this block into the layer's fixed capture buffer (the op
     checks the step's row count itself: no work when nothing is captured, eagerly or compiled)."""
@@ -143,20 +200,25 @@ def _capture(layer: nn.Module, hidden: torch.Tensor, residual: torch.Tensor) -> 
     )
 
 
-def _attn_forward(self: nn.Module, base: type, *args: Any, **kwargs: Any) -> Any:
+def _branch_forward(self: nn.Module, base: type, *args: Any, **kwargs: Any) -> Any:
+    """A site's own submodule (attention, or a single-state layer's MLP branch): steer its output, the first
+    element where it returns a tuple (e.g. attention weights alongside)."""
     out = getattr(base, "forward")(self, *args, **kwargs)
-    if "attn" in getattr(self, "_steer_sites"):
-        out = _steered(self, "attn", out)
+    for site in getattr(self, "_steer_sites"):
+        if isinstance(out, tuple):
+            out = (_steered(self, site, out[0]), *out[1:])
+        else:
+            out = _steered(self, site, out)
     return out
 
 
 def _steered_class(base: type, forward: Any) -> type:
-    steered = _STEERED_CLASSES.get(base)
+    steered = _STEERED_CLASSES.get((base, forward))
     if steered is None:
 
         def steered_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
             return forward(self, base, *args, **kwargs)
 
         steered = type(f"Steered{base.__name__}", (base,), {"forward": steered_forward})
-        _STEERED_CLASSES[base] = steered
+        _STEERED_CLASSES[(base, forward)] = steered
     return steered

@@ -28,12 +28,21 @@ from steering.vllm_plugin.state import SteeringState
 
 logger = logging.getLogger("steerserve.plugin")
 STATE_ATTR = "_steerserve_state"
+# Speculation tested with steering: the target model verifies drafted tokens as ordinary scheduled tokens of
+# their request (consecutive positions, the request's slot), so steering applies to them like to any token; a
+# draft model is another model instance, which the per-instance layer patch leaves unsteered. Methods that feed
+# the target's hidden states to a head (EAGLE, MTP, Medusa) are refused until tested.
+SPECULATIVE_METHODS = ("ngram", "draft_model")
 
 
 def unsupported_mode(vllm_config: Any) -> str | None:
     """Why per-token slots would be wrong in this engine configuration, or None."""
-    if getattr(vllm_config, "speculative_config", None) is not None:
-        return "speculative decoding (draft tokens and draft models would need their own slot layout)"
+    speculative = getattr(vllm_config, "speculative_config", None)
+    if speculative is not None and getattr(speculative, "method", None) not in SPECULATIVE_METHODS:
+        return (
+            f"speculative decoding method {getattr(speculative, 'method', None)!r} (steering supports "
+            f"{', '.join(SPECULATIVE_METHODS)})"
+        )
     parallel = vllm_config.parallel_config
     if getattr(parallel, "prefill_context_parallel_size", 1) > 1:
         return "prefill context parallelism (tokens are split across ranks)"
@@ -51,7 +60,7 @@ def build_state(runner: Any) -> None:
     if reason is not None:
         raise UnsupportedModelError(f"steerserve cannot steer with {reason}; disable it or steering")
     model = runner.get_model()
-    layers = layer_patch.decoder_layers(model)
+    layers = layer_patch.decoder_layers(model, config.sites)
     model_config = runner.model_config
     state = SteeringState(
         config,
@@ -119,11 +128,12 @@ def _v1_cpu_seeded_discard(original: Callable[..., Any]) -> Callable[..., Any]:
     """vLLM 0.32 rewinds the generator of a seeded request whose sampled token is discarded (a partial prefill
     chunk) with `Generator.set_offset`, which CPU generators refuse: the worker raises and the engine dies on
     any `seed` request whose prompt is chunked. On CPU, skip the rewind for those requests (their seeded
-    stream then depends on how the prompt was chunked) instead of losing the engine."""
+    stream then depends on how the prompt was chunked) instead of losing the engine. Only in engines that
+    steer: any other engine in the environment runs vLLM's own code unchanged."""
 
     @functools.wraps(original)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if self.device.type != "cpu":
+        if self.device.type != "cpu" or state_of(self) is None:
             return original(self, *args, **kwargs)
         generators = self.input_batch.generators
         discarded = np.nonzero(self.discard_request_mask.np[: self.input_batch.num_reqs])[0]

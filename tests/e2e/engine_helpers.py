@@ -61,6 +61,7 @@ async def run(
     full_logprobs: bool = False,
     cache_salt: str | None = None,
     ignore_eos: bool = True,
+    lora_request: Any = None,
 ) -> Result:
     from vllm import SamplingParams
 
@@ -73,7 +74,8 @@ async def run(
     )
     spec = engine.resolve(terms, lookup_in(vectors or {})) if terms else None
     final = None
-    async for output in engine.generate(list(prompt), params, f"test-{next(_ids)}", spec, cache_salt=cache_salt):
+    request_id = f"test-{next(_ids)}"
+    async for output in engine.generate(list(prompt), params, request_id, spec, cache_salt, lora_request):
         final = output
     assert final is not None
     completion = final.outputs[0]

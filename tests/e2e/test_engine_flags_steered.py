@@ -33,19 +33,20 @@ STEERABLE = (1, 2)
 MAX_QUEUED = 12
 
 
-def write_lora_adapter(model: Path, target: Path, seed: int = 0) -> Path:
-    """A rank-8 LoRA on q_proj, v_proj and down_proj of every layer, in PEFT's files (adapter_config.json +
-    adapter_model.safetensors), large enough to change the tiny model's greedy tokens."""
+def write_lora_adapter(model: Path, target: Path, seed: int = 0, mlp: bool = True) -> Path:
+    """A rank-8 LoRA on q_proj, v_proj and (with `mlp`) down_proj of every layer, in PEFT's files
+    (adapter_config.json + adapter_model.safetensors), large enough to change the tiny model's greedy tokens."""
     from safetensors.numpy import save_file
 
     config = json.loads((model / "config.json").read_text())
     hidden, layers = config["hidden_size"], config["num_hidden_layers"]
-    head_dim = hidden // config["num_attention_heads"]
+    head_dim = config.get("head_dim") or hidden // config["num_attention_heads"]
     shapes = {
-        "self_attn.q_proj": (hidden, hidden),
+        "self_attn.q_proj": (hidden, config["num_attention_heads"] * head_dim),
         "self_attn.v_proj": (hidden, config["num_key_value_heads"] * head_dim),
-        "mlp.down_proj": (config["intermediate_size"], hidden),
     }
+    if mlp:
+        shapes["mlp.down_proj"] = (config["intermediate_size"], hidden)
     rng = np.random.default_rng(seed)
     tensors: dict[str, np.ndarray] = {}
     for layer in range(layers):
@@ -62,7 +63,7 @@ def write_lora_adapter(model: Path, target: Path, seed: int = 0) -> Path:
         "r": RANK,
         "lora_alpha": 2 * RANK,
         "lora_dropout": 0.0,
-        "target_modules": ["q_proj", "v_proj", "down_proj"],
+        "target_modules": sorted(module.split(".")[-1] for module in shapes),
         "bias": "none",
         "fan_in_fan_out": False,
         "modules_to_save": None,

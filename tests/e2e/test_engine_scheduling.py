@@ -1,4 +1,5 @@
-"""Scheduling must not change steering: chunked prefill, preemption and config queueing (real engine).
+"""Scheduling must not change steering: chunked prefill, preemption and config queueing (real engine, a dense
+model and an MoE).
 
 A constrained engine (2 config slots, 32-token step budget, a KV cache of 6 blocks of 32 tokens) runs the same
 requests as the roomy shared engine; every output must match token for token. Each request needs 4 blocks by
@@ -33,10 +34,12 @@ def _preemptions() -> float:
     return total
 
 
-@pytest.fixture(scope="module")
-async def constrained_engine(tiny_llama: Path) -> Any:
+@pytest.fixture(scope="module", params=["llama", "moe"])
+async def engines(request: Any, tiny_llama: Path, tiny_moe: Path, llama_engine: Any, moe_engine: Any) -> Any:
+    """(constrained engine, roomy shared engine) of one model: the tiny Llama, then the tiny Qwen3-MoE."""
+    model, roomy = (tiny_llama, llama_engine) if request.param == "llama" else (tiny_moe, moe_engine)
     engine = make_engine(
-        tiny_llama,
+        model,
         steering=EngineSteeringConfig(max_configs=2),
         max_num_batched_tokens=32,
         max_num_seqs=8,
@@ -48,14 +51,13 @@ async def constrained_engine(tiny_llama: Path) -> Any:
             ("scheduler_reserve_full_isl", False),
         ),
     )
-    yield engine
+    yield engine, roomy
     engine.shutdown()
 
 
-async def test_chunked_prefill_preemption_and_queueing_change_nothing(
-    constrained_engine: Any, llama_engine: Any
-) -> None:
-    layers, hidden = llama_engine.shape.num_layers, llama_engine.shape.hidden_size
+async def test_chunked_prefill_preemption_and_queueing_change_nothing(engines: Any) -> None:
+    constrained_engine, roomy_engine = engines
+    layers, hidden = roomy_engine.shape.num_layers, roomy_engine.shape.hidden_size
     vectors = {"u": random_vector("u", list(range(layers)), hidden, 0.5, 11)}
     batch = prompts(8, 70, seed=21)  # 70+ tokens: 3+ prefill chunks of 32 each
     plans: list[list[SteeringTerm] | None] = [
@@ -69,7 +71,7 @@ async def test_chunked_prefill_preemption_and_queueing_change_nothing(
         *(run(constrained_engine, p, t, vectors, 40) for p, t in zip(batch, plans, strict=True))
     )
     preempted = _preemptions() - before
-    roomy = await asyncio.gather(*(run(llama_engine, p, t, vectors, 40) for p, t in zip(batch, plans, strict=True)))
+    roomy = await asyncio.gather(*(run(roomy_engine, p, t, vectors, 40) for p, t in zip(batch, plans, strict=True)))
     for i, (a, b) in enumerate(zip(constrained, roomy, strict=True)):
         assert a.token_ids == b.token_ids, f"request {i} ({plans[i]}) differs under chunking/preemption"
     assert preempted > 0, "the constrained engine was meant to preempt; make its KV cache smaller"
@@ -78,9 +80,11 @@ async def test_chunked_prefill_preemption_and_queueing_change_nothing(
     assert stats[0]["errors"] == 0 and stats[0]["active_requests"] == 0 and stats[0]["configs_in_use"] == 0
 
 
-async def test_seeded_requests_survive_chunked_prefill(constrained_engine: Any) -> None:
+async def test_seeded_requests_survive_chunked_prefill(engines: Any) -> None:
     """A `seed` request whose prompt is split into chunks used to kill the CPU engine (Generator.set_offset)."""
     from vllm import SamplingParams
+
+    constrained_engine = engines[0]
 
     async def seeded(prompt: list[int], seed: int) -> list[int]:
         params = SamplingParams(max_tokens=6, temperature=1.0, seed=seed)

@@ -2,8 +2,9 @@
 
 Written from the README formulas, not from `steering.ops`: each term is applied with its own formula
 (add / project / clamp) through forward hooks at the site it names, gated by position exactly as documented.
-Layer L = output of decoder block L; site residual = the block's output stream, mlp = the MLP output,
-attn = the attention output (before it joins the residual).
+Layer L = output of decoder block L; site residual = the block's output stream, mlp = the MLP branch as it
+joins the stream (the MLP or MoE output; after the post-feedforward norm where there is one), attn = the
+attention output (before any post-attention norm and the residual add).
 """
 
 from __future__ import annotations
@@ -58,6 +59,16 @@ def apply_term(x: torch.Tensor, v: torch.Tensor, term: RefTerm, gate: torch.Tens
     return x + gate.unsqueeze(-1) * change
 
 
+def mlp_branch(block: torch.nn.Module) -> torch.nn.Module:
+    """The module whose output is the block's MLP branch as it joins the residual stream: the MLP (or MoE
+    block), or the norm after it where the architecture has one (Gemma's post-feedforward norm)."""
+    for name in ("post_feedforward_layernorm", "post_mlp_layernorm", "mlp", "block_sparse_moe"):
+        module = getattr(block, name, None)
+        if isinstance(module, torch.nn.Module):
+            return module
+    raise ValueError(f"no MLP branch in {type(block).__name__}")
+
+
 def reference_logprobs(
     model: torch.nn.Module, ids: Sequence[int], prompt_len: int, terms: Sequence[RefTerm]
 ) -> torch.Tensor:
@@ -84,7 +95,7 @@ def reference_logprobs(
     used = {(layer, t.site) for t in terms for layer in t.layers}
     for layer, site in sorted(used):
         block = layers[layer]
-        module = {"residual": block, "mlp": block.mlp, "attn": block.self_attn}[site]
+        module = {"residual": block, "mlp": mlp_branch(block), "attn": block.self_attn}[site]
         handles.append(module.register_forward_hook(hook_for(layer, site)))
     try:
         with torch.no_grad():
