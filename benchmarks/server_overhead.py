@@ -1,6 +1,7 @@
 """HTTP overhead of steerserve vs vLLM's own OpenAI server, side by side in one run.
 
-Both are vLLM's own OpenAI server on the same tiny model with the same engine flags (eager): `steerserve serve`
+Both are vLLM's own OpenAI server on the same model (`--model`: the tiny Llama by default, or any checkpoint or
+catalogued name such as smollm2-135m-instruct) with the same engine flags (eager): `steerserve serve`
 (both steerserve plugins on) and `python -m vllm.entrypoints.openai.api_server` with plugins disabled
 (`VLLM_PLUGINS=""`). Only one server is
 alive at a time (two idle-but-alive engines on a 2-core machine disturbed each other's timings by up to 2x in
@@ -14,6 +15,8 @@ generator itself, so each repetition also records the CPU time the API server pr
 child) spent per 1,000 generated tokens: the HTTP side's own cost, which is where steerserve adds its work.
 
     python benchmarks/server_overhead.py --reps 5 --cycles 2 --out benchmarks/results/server_overhead.json
+    python benchmarks/server_overhead.py --model smollm2-135m-instruct --reps 4 --cycles 1 \
+        --out benchmarks/results/server_overhead_smollm2.json
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.engine_overhead import bootstrap_median_ci  # noqa: E402
+from benchmarks.engine_overhead import bootstrap_median_ci, model_path  # noqa: E402
 from benchmarks.server_process import free_port  # noqa: E402
 from steering.models.tiny import TinyModelSpec, build_tiny_model  # noqa: E402
 
@@ -186,11 +189,13 @@ async def run_block(
     try:
         await wait_healthy(url, proc)
         if kind != "vllm":
-            direction = (np.random.default_rng(0).standard_normal(128) * 0.5).astype("<f4")
+            config = json.loads((Path(model) / "config.json").read_text())
+            hidden, layer = int(config["hidden_size"]), int(config["num_hidden_layers"]) // 2
+            direction = (np.random.default_rng(0).standard_normal(hidden) * 0.5).astype("<f4")
             async with httpx.AsyncClient() as client:
                 response = await client.post(
                     f"{url}/v1/steering/vectors",
-                    json={"id": "bench", "layers": {"1": base64.b64encode(direction.tobytes()).decode()}},
+                    json={"id": "bench", "layers": {str(layer): base64.b64encode(direction.tobytes()).decode()}},
                 )
                 response.raise_for_status()
         for arm in arms:  # warm-up
@@ -219,7 +224,13 @@ async def run_block(
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    model = str(build_tiny_model(TinyModelSpec()))
+    if args.model == "tiny":
+        model = str(build_tiny_model(TinyModelSpec()))
+        args.model_description = "tiny llama (4 layers, hidden 128), vLLM CPU default dtype (bf16), eager"
+    else:
+        path, description = model_path(args.model)
+        model = str(path)
+        args.model_description = f"{description.replace(', float32', '')}, vLLM CPU default dtype (bf16), eager"
     root = Path(__file__).resolve().parents[1]
     logs = Path(args.logs)
     logs.mkdir(parents=True, exist_ok=True)
@@ -266,7 +277,7 @@ def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str,
             "api_cpu_ms_per_1k_tokens": statistics.median(r["api_cpu_ms_per_1k_tokens"] for r in rows),
         }
     return {
-        "model": "tiny llama (4 layers, hidden 128), vLLM CPU default dtype (bf16), eager, 1 engine thread",
+        "model": f"{args.model_description}, 1 engine thread",
         "workload": {
             "requests": args.requests,
             "clients": args.clients,
@@ -318,6 +329,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny", help="tiny, a catalogued name or a checkpoint path")
     parser.add_argument("--reps", type=int, default=5, help="repetitions per block")
     parser.add_argument("--cycles", type=int, default=2, help="A B B A cycles are 2 per --cycles 2 (4 blocks)")
     parser.add_argument("--requests", type=int, default=96)

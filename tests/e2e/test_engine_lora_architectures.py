@@ -1,10 +1,10 @@
 """LoRA composes with the layer patch beyond Llama: vLLM wraps the attention projections in LoRA layers, the
-plugin swaps the decoder layer's and attention's classes; on Gemma 3 (post-norm layers) and Granite (layers
-that return one hidden state) a plain, a steered, a LoRA and a steered LoRA request in one batch each equal
-their solo run, and all four differ. (Llama: `test_engine_flags_steered.py`, through the server. MoE models
-take no LoRA on vLLM's CPU build at all: its fused-MoE LoRA path needs Triton, and plain vLLM fails the same
-way. vLLM 0.32's CPU LoRA logits path also fails on `prompt_logprobs`, so these engines are kept apart from
-the reference tests, which read them.)"""
+plugin swaps the classes of the decoder layer, its attention and (layers that return one hidden state) its
+MLP. On Granite, whose layers return one hidden state, a plain, a steered, a LoRA and a steered LoRA request
+in one batch each equal their solo run, and all four differ. (Llama: `test_engine_flags_steered.py`, through
+the server. MoE models take no LoRA on vLLM's CPU build at all: its fused-MoE LoRA path needs Triton, and
+plain vLLM fails the same way. vLLM 0.32's CPU LoRA logits path also fails on `prompt_logprobs`, so these
+engines are kept apart from the reference tests, which read them.)"""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from tests.e2e.test_engine_vs_reference import PROMPT
 pytestmark = pytest.mark.engine
 
 
-@pytest.fixture(scope="module", params=["gemma3", "granite"])
+@pytest.fixture(scope="module", params=["granite"])
 async def lora_engine(request: Any, model_cache_dir: Path, tmp_path_factory: Any) -> Any:
     from vllm.lora.request import LoRARequest
 
