@@ -37,11 +37,6 @@ def available() -> bool:
     return True
 
 
-def usable(x: torch.Tensor) -> bool:
-    """Whether the fused kernel serves this tensor (a trace-time constant: device and hidden size)."""
-    return x.is_cuda and x.shape[-1] <= MAX_HIDDEN and available()
-
-
 def steer_in_place(
     target: torch.Tensor,
     extra: torch.Tensor | None,

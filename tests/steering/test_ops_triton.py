@@ -26,12 +26,6 @@ def test_fused_kernel_matches_float64_formula_in_the_interpreter() -> None:
     assert result.stdout.count("ok") == 8, result.stdout
 
 
-def test_cpu_tensors_use_the_torch_op() -> None:
-    from steering import ops_triton
-
-    assert not ops_triton.usable(torch.zeros(2, 8))
-
-
 def _formula(
     x: torch.Tensor, slot: torch.Tensor, gate: torch.Tensor, dirs: torch.Tensor, coef: torch.Tensor, index: torch.Tensor
 ) -> torch.Tensor:
