@@ -73,6 +73,8 @@ class CaptureState:
             self.count = torch.zeros(1, dtype=torch.int64, device=device)
             # 1 for rows of the residual stream (h + r), 0 for rows of the block's MLP output (h alone)
             self.residual_scale = torch.ones(capacity, 1, dtype=dtype, device=device)
+            # The residual of layers that return one hidden state (the stream itself), expanded to each step's rows
+            self.zero_residual = torch.zeros(1, hidden_size, dtype=dtype, device=device)
             self.buffers = {
                 layer: torch.zeros(capacity, hidden_size, dtype=dtype, device=device) for layer in self.local_layers
             }

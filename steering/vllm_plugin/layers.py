@@ -105,6 +105,8 @@ def install(layers: list[tuple[int, nn.Module]], state: SteeringState) -> None:
             layer.register_buffer("steer_capture_buffer", state.capture.buffers[index], persistent=False)
             layer.register_buffer("steer_capture_residual_scale", state.capture.residual_scale, persistent=False)
             layer.register_buffer("steer_capture_count", state.capture.count, persistent=False)
+            if not split:
+                layer.register_buffer("steer_capture_zero_residual", state.capture.zero_residual, persistent=False)
         setattr(layer, "_steer_capture", state.capture is not None)  # a trace-time constant
         layer.__class__ = _steered_class(type(layer), _layer_forward if split else _single_layer_forward)
         branches = [("attn", ATTENTION_NAMES)] + ([] if split else [("mlp", MLP_BRANCH_NAMES)])
@@ -183,7 +185,7 @@ def _single_layer_forward(self: nn.Module, base: type, *args: Any, **kwargs: Any
     if "residual" in getattr(self, "_steer_sites"):
         hidden = _steered(self, "residual", hidden)
     if getattr(self, "_steer_capture"):
-        _capture(self, hidden, hidden.new_zeros(1, hidden.shape[-1]).expand_as(hidden))
+        _capture(self, hidden, getattr(self, "steer_capture_zero_residual").expand_as(hidden))
     return hidden
 
 
