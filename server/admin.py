@@ -8,11 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from server.errors import BadRequestError, NotFoundError
 from server.protocol import PresetBody, VectorDefaultsBody, VectorImport, VectorUpload
 from server.steering_sources import SteeringSources
 from steering import vector_formats
-from steering.errors import InvalidSteeringError
+from steering.errors import BadRequestError, InvalidSteeringError, NotFoundError
 from steering.spec import ModelShape
 from steering.store.base import Preset, VectorRecord, check_name
 from steering.store.cache import CachedRegistry

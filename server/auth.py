@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from fastapi import Request
 
-from server.errors import AuthenticationError, PermissionDeniedError
+from steering.errors import AuthenticationError, PermissionDeniedError
 
 
 def _bearer(request: Request) -> str | None:

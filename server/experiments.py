@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from server.errors import BadRequestError, NotFoundError
+from steering.errors import BadRequestError, NotFoundError
 from steering.spec import SteeringTerm
 from steering.store.base import VectorStore
 

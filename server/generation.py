@@ -27,12 +27,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 
-from server.errors import BadRequestError, error_parts
-from server.observe import CURRENT, Observation, Texts
+from server.errors import error_parts
+from server.observe import CURRENT, Observation
 from server.protocol import SteeringField
 from server.state import state_of
 from server.steering_sources import HEADER, RequestSteering
-from steering.errors import SteeringNotAppliedError
+from steering.errors import BadRequestError, SteeringNotAppliedError
 
 GENERATION_ROUTES = {
     "/v1/chat/completions": "chat",
@@ -140,13 +140,13 @@ async def handle(kind: str, original: Endpoint, request: Any, raw_request: Reque
     except Exception as exc:  # noqa: BLE001 - every failure before the engine is this API's own error response
         await stack.aclose()
         return api_error(kind, exc)
-    observation = Observation(state, chosen, kind, started)
+    observation = Observation(state, chosen, kind, started, request)
     CURRENT.set(observation)  # the engine outputs vLLM's handler reads, now or while it streams, report to it
     try:
         response = await original(request=request, raw_request=raw_request)
     except BaseException:
         await stack.aclose()
-        observation.finish("error", Texts())
+        observation.finish("error")
         raise
     headers = _headers(chosen)
     if isinstance(response, StreamingResponse):
@@ -157,12 +157,12 @@ async def handle(kind: str, original: Endpoint, request: Any, raw_request: Reque
         if getattr(response, "status_code", 500) < 400:
             await state.engine.verify(admitted)
     except SteeringNotAppliedError as exc:
-        observation.finish("not_steered", Texts())
+        observation.finish("not_steered")
         state.metrics.not_steered.inc()
         return api_error(kind, exc)
     finally:
         await stack.aclose()
-    return _decorate(kind, response, observation, asked, headers)
+    return _decorate(response, observation, asked, headers)
 
 
 def _headers(chosen: RequestSteering) -> dict[str, str]:
@@ -172,15 +172,25 @@ def _headers(chosen: RequestSteering) -> dict[str, str]:
     return headers
 
 
-def _decorate(kind: str, response: Any, observation: Observation, asked: str, headers: dict[str, str]) -> Response:
+def _rename(served: str, asked: str) -> tuple[str, str] | None:
+    """A preset or experiment named as the model is echoed back: `"model":"<base>"` in vLLM's compact JSON
+    becomes `"model":"<asked>"` (a string replace per streamed chunk, no parse)."""
+    if asked == served:
+        return None
+    return (
+        '"model":' + json.dumps(served, ensure_ascii=False),
+        '"model":' + json.dumps(asked, ensure_ascii=False),
+    )
+
+
+def _decorate(response: Any, observation: Observation, asked: str, headers: dict[str, str]) -> Response:
     if not isinstance(response, JSONResponse) or response.status_code >= 400:
-        observation.finish("error", Texts())
+        observation.finish("error")
         if isinstance(response, Response):
             response.headers.update(headers)
         return response  # type: ignore[no-any-return]
     body = json.loads(bytes(response.body))
-    texts = Texts.of_response(kind, body)
-    body["steering"] = observation.finish("success", texts)
+    body["steering"] = observation.finish("success")
     if "model" in body:
         body["model"] = asked
     kept = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
@@ -195,45 +205,51 @@ async def _stream(
     stack: contextlib.AsyncExitStack,
     admitted: Any,
 ) -> AsyncIterator[str]:
-    """vLLM's SSE stream, its text followed to count reflection; the `steering` object rides on the last event
-    (chat/completions: an extra chunk with no choices before `[DONE]`; responses: `response.completed`;
-    messages: `message_delta`). A request a worker could not steer ends with an error event instead."""
-    texts = Texts()
-    status = "aborted"
+    """vLLM's SSE stream passed through (what it generated is read from the engine outputs, not from here); the
+    `steering` object rides on the last event (chat/completions: an extra chunk with no choices before
+    `[DONE]`; responses: `response.completed`; messages: `message_delta`). A request a worker could not steer
+    ends with an error event instead."""
     state = observation.state
+    rename = _rename(state.served_model, asked)
+    status = "aborted"
     try:
         async for chunk in chunks:
             text = chunk.decode() if isinstance(chunk, bytes) else str(chunk)
-            out: list[str] = []
-            for event in text.split("\n\n"):
-                if not event.strip():
-                    continue
-                if _is_last(kind, event) and admitted is not None:
+            if rename is not None:
+                text = text.replace(*rename)
+            if _is_last(kind, text):
+                if admitted is not None:
                     try:
                         await state.engine.verify(admitted)
                     except SteeringNotAppliedError as exc:
                         state.metrics.not_steered.inc()
-                        observation.finish("not_steered", texts)
-                        yield "".join(out) + _error_event(kind, exc)
+                        observation.finish("not_steered")
+                        yield _error_event(kind, exc)
                         return
-                out.append(_stream_event(kind, event, texts, observation, asked))
-                if event.startswith("data: [DONE]"):
-                    status = "success"
-            yield "".join(out)
-        if kind in ("responses", "messages") and status != "success" and texts.finished:
-            status = "success"
+                status = "success"
+                text = _with_steering(kind, text, observation.finish("success"), asked)
+            yield text
     finally:
         await stack.aclose()
-        if not observation.finished:
-            observation.finish(status if texts.finished or status == "success" else "aborted", texts)
+        observation.finish(status)
 
 
-def _is_last(kind: str, event: str) -> bool:
-    """The event the `steering` object rides on: the steering must be verified before it goes out."""
+def _is_last(kind: str, text: str) -> bool:
+    """The event the `steering` object rides on (vLLM yields one event per chunk)."""
     if kind in ("chat", "completions"):
-        return event.startswith("data: [DONE]")
-    marker = "response.completed" if kind == "responses" else "message_delta"
-    return event.startswith(f"event: {marker}")
+        return text.endswith("data: [DONE]\n\n")
+    return text.startswith("event: response.completed" if kind == "responses" else "event: message_delta")
+
+
+def _with_steering(kind: str, text: str, steering: dict[str, Any], asked: str) -> str:
+    if kind in ("chat", "completions"):
+        obj = "chat.completion.chunk" if kind == "chat" else "text_completion.chunk"
+        last = {"object": obj, "model": asked, "choices": [], "steering": steering}
+        return text[: -len("data: [DONE]\n\n")] + f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n"
+    head, _, payload = text.rstrip("\n").partition("\ndata: ")
+    data = json.loads(payload)
+    (data["response"] if kind == "responses" else data)["steering"] = steering
+    return f"{head}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
 def _error_event(kind: str, exc: Exception) -> str:
@@ -241,38 +257,3 @@ def _error_event(kind: str, exc: Exception) -> str:
     if kind == "messages":
         return f"event: error\ndata: {json.dumps(body)}\n\n"
     return f"data: {json.dumps(body)}\n\ndata: [DONE]\n\n"
-
-
-def _stream_event(kind: str, event: str, texts: Texts, observation: Observation, asked: str) -> str:
-    lines = event.split("\n")
-    data_at = next((i for i, line in enumerate(lines) if line.startswith("data: ")), None)
-    if data_at is None:
-        return event + "\n\n"  # a comment (keep-alive) or an event line alone
-    payload = lines[data_at][len("data: ") :]
-    if payload == "[DONE]":
-        texts.finished = True
-        last: dict[str, Any] = {"object": f"{'chat.completion' if kind == 'chat' else 'text_completion'}.chunk"}
-        last["model"] = asked
-        last |= {"choices": [], "steering": observation.finish("success", texts)}
-        return f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n"
-    try:
-        data = json.loads(payload)
-    except ValueError:
-        return event + "\n\n"
-    observation.event()
-    texts.feed(kind, data)
-    if kind == "responses" and data.get("type") == "response.completed":
-        texts.finished = True
-        data["response"]["steering"] = observation.finish("success", texts)
-        data["response"]["model"] = asked
-    elif kind == "messages" and data.get("type") == "message_delta":
-        texts.finished = True
-        data["steering"] = observation.finish("success", texts)
-    elif kind == "messages" and data.get("type") == "message_start":
-        data.get("message", {})["model"] = asked
-    elif data.get("model", asked) != asked:
-        data["model"] = asked  # a preset or experiment named as the model: echo it back
-    else:
-        return event + "\n\n"  # nothing to change: vLLM's bytes as they are (no re-serialisation per token)
-    lines[data_at] = "data: " + json.dumps(data, separators=(",", ":"))
-    return "\n".join(lines) + "\n\n"

@@ -26,7 +26,7 @@ from server.errors import install_error_handlers
 from server.experiments import Experiments
 from server.generation import steer_generation_routes
 from server.metrics import ServerMetrics
-from server.observe import follow_engine_outputs
+from server.observe import Reasoning, follow_engine_outputs
 from server.state import ServerState
 from server.steering_sources import SteeringSources
 from server.workflow_routes import workflow
@@ -147,6 +147,7 @@ async def build_state(
         jobs=ExtractionJobs(
             engine, store, admin.fingerprint(), lambda vector_id: registry.invalidate("vector", vector_id)
         ),
+        reasoning=Reasoning.of(getattr(args, "reasoning_parser", None), engine_client),
     )
 
 

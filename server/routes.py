@@ -10,9 +10,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from server.errors import BadRequestError, ErrorResponse, ModelNotFoundError, PayloadTooLargeError
+from server.errors import ErrorResponse
 from server.protocol import PresetBody, VectorCreated, VectorDefaultsBody, VectorImport, VectorUpload
 from server.state import DEMO_NAME, state_of
+from steering.errors import BadRequestError, ModelNotFoundError, PayloadTooLargeError
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 503)

@@ -11,6 +11,7 @@ from server.admin import Admin
 from server.auth import KeyPolicy
 from server.experiments import Experiments
 from server.metrics import ServerMetrics
+from server.observe import Reasoning
 from server.steering_sources import SteeringSources
 from steering.extract.jobs import ExtractionJobs
 from steering.settings import SteerserveSettings
@@ -32,6 +33,7 @@ class ServerState:
     model_path: str
     experiments: Experiments
     jobs: ExtractionJobs
+    reasoning: Reasoning
 
     def model_card(self, name: str, parent: str | None, description: str = "") -> dict[str, Any]:
         card: dict[str, Any] = {

@@ -177,7 +177,7 @@ class SteeringEngine:
         return ids
 
     def resolve(self, terms: Sequence[SteeringTerm], lookup: VectorLookup) -> ResolvedSpec:
-        """Validate terms against the registry and this model (raises `SteeringError` with the field named)."""
+        """Validate terms against the registry and this model (raises `SteerserveError` with the field named)."""
         if self.limits is None:
             raise UnsupportedModelError("this engine was started without steering")
         config = self.steering_config

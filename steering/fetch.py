@@ -19,12 +19,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from steering.errors import SteeringError
+from steering.errors import SteerserveError
 
 SOURCE_FILE = "steerserve-source.json"
 
 
-class FetchError(SteeringError):
+class FetchError(SteerserveError):
     """A catalogued model could not be fetched (registry unreachable, wrong checksum, unknown name)."""
 
     status_code = 503

@@ -212,7 +212,7 @@ def resolve_spec(
     layers: Collection[int] | None = None,
 ) -> ResolvedSpec:
     """Validate `terms` against the registry (`lookup`), the model, `limits` and the sites and `layers` (absolute;
-    None: all) the engine has an op at; raise a `SteeringError`."""
+    None: all) the engine has an op at; raise a `SteerserveError`."""
     if len(terms) > limits.max_terms:
         raise InvalidSteeringError(
             f"at most {limits.max_terms} steering terms are allowed, got {len(terms)}", param="steering"

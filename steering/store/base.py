@@ -23,14 +23,6 @@ from steering.vectors import Float32Array, SteeringVector, VectorDefaults, conte
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-class StoreUnavailableError(Exception):
-    """The backing store cannot be reached (the server answers 503 for anything not cached)."""
-
-
-class ConflictError(Exception):
-    """The write conflicts with stored state (e.g. deleting a vector a preset references)."""
-
-
 def check_name(kind: str, name: str) -> str:
     if not NAME_PATTERN.match(name):
         raise InvalidSteeringError(

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from steering.errors import StoreUnavailableError
 from steering.spec import SteeringTerm, parse_vector_ref
-from steering.store.base import Preset, StoreUnavailableError, VectorRecord, VectorStore
+from steering.store.base import Preset, VectorRecord, VectorStore
 from steering.vectors import SteeringVector
 
 

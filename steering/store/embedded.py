@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from steering.errors import ConflictError
 from steering.store.base import (
-    ConflictError,
     Preset,
     VectorRecord,
     VectorStore,

@@ -21,10 +21,9 @@ from typing import Any
 import redis.asyncio as redis
 from redis.exceptions import RedisError, WatchError
 
+from steering.errors import ConflictError, StoreUnavailableError
 from steering.store.base import (
-    ConflictError,
     Preset,
-    StoreUnavailableError,
     VectorRecord,
     VectorStore,
     check_name,

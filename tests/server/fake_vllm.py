@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 from argparse import Namespace
+from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -17,6 +19,7 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionReque
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 from vllm.entrypoints.serve.exception_handling.register import init_exception_handler
 
+from server.observe import follow_engine_outputs
 from server.plugin import SteerserveEndpoints, build_state
 from steering.settings import SteerserveSettings
 from steering.store.base import VectorStore
@@ -43,23 +46,39 @@ def _answer(request: Any) -> tuple[str, int]:
     return letter, int(request.max_tokens or 4)
 
 
-def fake_vllm_app(engine: FakeEngine) -> FastAPI:
+class FakeEngineClient:
+    """`generate` as vLLM's engine client has it: `RequestOutput`-shaped deltas (streamed) or one final output."""
+
+    async def generate(self, prompt: Any, sampling_params: Any, request_id: str) -> AsyncIterator[Any]:
+        letter, count, stream = sampling_params
+        for i in range(count) if stream else [count - 1]:
+            n = 1 if stream else count
+            completion = SimpleNamespace(
+                index=0, text=letter * n, token_ids=[97] * n, finish_reason="length" if i == count - 1 else None
+            )
+            yield SimpleNamespace(prompt_token_ids=[1, 2] if i == 0 or not stream else None, outputs=[completion])
+
+
+def fake_vllm_app(engine: FakeEngine, engine_client: FakeEngineClient) -> FastAPI:
     app = FastAPI()
 
     async def completions(request: CompletionRequest, raw_request: Request) -> Any:
-        return _generate("text_completion", request)
+        return await _generate("text_completion", request)
 
     async def chat(request: ChatCompletionRequest, raw_request: Request) -> Any:
-        return _generate("chat.completion", request)
+        return await _generate("chat.completion", request)
 
-    def _generate(kind: str, request: Any) -> Any:
+    async def _generate(kind: str, request: Any) -> Any:
         if request.model not in (None, MODEL):
             error = {"message": f"The model `{request.model}` does not exist.", "type": "NotFoundError"}
             return JSONResponse({"error": {**error, "param": "model", "code": 404}}, status_code=404)
         engine.seen.append((request.model, dict(request.vllm_xargs or {}), request.cache_salt))
         letter, count = _answer(request)
         usage = {"prompt_tokens": 2, "completion_tokens": count, "total_tokens": 2 + count}
+        outputs = engine_client.generate("prompt", (letter, count, bool(request.stream)), "x")
         if not request.stream:
+            async for _ in outputs:
+                pass
             choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
             choice |= (
                 {"message": {"role": "assistant", "content": letter * count}}
@@ -71,11 +90,13 @@ def fake_vllm_app(engine: FakeEngine) -> FastAPI:
             )
 
         async def events() -> Any:
-            for i in range(count):
-                delta = {"delta": {"content": letter}} if kind == "chat.completion" else {"text": letter}
+            async for output in outputs:
+                completion = output.outputs[0]
+                text = completion.text
+                delta = {"delta": {"content": text}} if kind == "chat.completion" else {"text": text}
                 chunk = {"id": "x", "object": f"{kind}.chunk", "model": request.model}
-                chunk["choices"] = [{"index": 0, **delta, "finish_reason": "length" if i == count - 1 else None}]
-                yield f"data: {json.dumps(chunk)}\n\n"
+                chunk["choices"] = [{"index": 0, **delta, "finish_reason": completion.finish_reason}]
+                yield f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n"
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -97,7 +118,9 @@ async def make_client(
     from steering.store.embedded import EmbeddedStore
 
     engine = FakeEngine()
-    app = fake_vllm_app(engine)
+    engine_client = FakeEngineClient()
+    follow_engine_outputs(engine_client)
+    app = fake_vllm_app(engine, engine_client)
     app.state.openai_serving_models = FakeServingModels()
     args = Namespace(model="m", served_model_name=[MODEL], api_key=[api_key] if api_key else None)
     args.log_error_stack = False

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load
 
-from steering.store.base import StoreUnavailableError
+from steering.errors import StoreUnavailableError
 from steering.store.embedded import EmbeddedStore
 from tests.server.fake_engine import FakeEngine
 from tests.server.fake_vllm import MODEL, make_client

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from steering.errors import InvalidSteeringError
+from steering.errors import ConflictError, InvalidSteeringError, StoreUnavailableError
 from steering.spec import SteeringTerm
-from steering.store.base import ConflictError, Preset, StoreUnavailableError, VectorStore
+from steering.store.base import Preset, VectorStore
 from steering.store.cache import CachedRegistry
 from steering.store.embedded import EmbeddedStore
 from steering.store.redis_store import RedisStore
