@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from steering.config import EngineSteeringConfig  # noqa: E402
 from steering.engine import EngineSettings, SteeringEngine  # noqa: E402
-from steering.models.tiny import TinyModelSpec, build_tiny_model  # noqa: E402
 from steering.spec import ResolvedSpec, SteeringTerm  # noqa: E402
 from steering.vectors import SteeringVector  # noqa: E402
+from tests.fixtures.tiny import TinyModelSpec, build_tiny_model  # noqa: E402
 
 MODELS = {
     "tiny": TinyModelSpec(architecture="llama"),

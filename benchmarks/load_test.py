@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.server_process import demo_server_process  # noqa: E402
+from tests.fixtures.processes import demo_server_process  # noqa: E402
 
 STEERING: list[dict[str, Any]] = [
     {},

@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.server_process import RedisServer, demo_server_process  # noqa: E402
+from tests.fixtures.processes import RedisServer, demo_server_process  # noqa: E402
 
 HIDDEN = 256  # the demo model's hidden size
 KINDS = ("plain", "preset reflect-up", "cached vector")

@@ -26,7 +26,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.server_process import STEERSERVE, bench_env, demo_server  # noqa: E402
+from tests.fixtures.processes import STEERSERVE, bench_env, demo_server  # noqa: E402
 
 
 def meets_down(arm: dict[str, Any], base: dict[str, Any]) -> bool:
@@ -98,7 +98,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Reflection steering on the toy demo model (measured)",
         "",
-        "A **toy**: a 4-layer, 3.2 M-parameter Llama trained on CPU (`steering/models/demo_train.py`; its time is in",
+        "A **toy**: a 4-layer, 3.2 M-parameter Llama trained on CPU (`research/toy/train.py`; its time is in",
         "`steering/models/demo/README.md`) on synthetic chain arithmetic with reflection. It shows the workflow end to "
         "end; it says",
         "nothing about real reasoning models. Every number below came from the real server (`steerserve serve`,",

@@ -40,8 +40,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.engine_overhead import bootstrap_median_ci, model_path  # noqa: E402
-from benchmarks.server_process import free_port  # noqa: E402
-from steering.models.tiny import TinyModelSpec, build_tiny_model  # noqa: E402
+from tests.fixtures.processes import free_port  # noqa: E402
+from tests.fixtures.tiny import TinyModelSpec, build_tiny_model  # noqa: E402
 
 ARMS = ("vllm", "steerserve", "steerserve_steered")
 

@@ -2,7 +2,7 @@
 
 vLLM cannot be installed on the lent GPU machines, so this checks what the engine relies on with torch alone:
 
-1. **Correctness under CUDA graphs and torch.compile.** The op (`steering.ops.steering_delta`, compiled with
+1. **Correctness under CUDA graphs and torch.compile.** The op (`steering.worker.ops.steering_delta`, compiled with
    Inductor and dynamic shapes, as vLLM's GPU path does) is captured once in a CUDA graph; then the tables and
    per-token slots/gates are refilled *in place* with fresh random contents and the graph is replayed. Every
    replay must match an independent float64 reference, rows with slot 0 must come out bit-for-bit unchanged,
@@ -32,8 +32,8 @@ import torch
 import torch._dynamo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from steering import ops_triton  # noqa: E402
-from steering.ops import steered_sum  # noqa: E402
+from steering.worker import ops_triton  # noqa: E402
+from steering.worker.ops import steered_sum  # noqa: E402
 
 # (name, hidden, intermediate, qkv output width): R1-Distill-Qwen-1.5B (the seed paper's model), Llama-3-8B.
 MODELS = {
@@ -41,7 +41,8 @@ MODELS = {
     "llama3-8b": (4096, 14336, 4096 + 2 * 8 * 128),
 }
 # (name, sites with an op, channels K per site, form). Engine default: 3 sites x K=4 (max_terms_per_site).
-# "torch": steering.ops.steering_delta compiled by Inductor; "fused": the Triton kernel (steering.ops_triton).
+# "torch": steering.worker.ops.steering_delta compiled by Inductor;
+# "fused": the Triton kernel (steering.worker.ops_triton).
 ALL_SITES = ("attn", "mlp", "residual")
 VARIANTS = {
     "plain": ((), 0, "torch"),

@@ -91,7 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=24)
-    parser.add_argument("--arch", default="llama", help="tiny model architecture (steering.models.tiny)")
+    parser.add_argument("--arch", default="llama", help="tiny model architecture (tests.fixtures.tiny)")
     parser.add_argument("--out", type=Path, default=None, help="write tensor_parallel[_ARCH].json here")
     parser.add_argument("--tp", type=int, default=None, help=argparse.SUPPRESS)  # child process: one engine
     parser.add_argument("--model", type=Path, default=None, help=argparse.SUPPRESS)
@@ -104,7 +104,7 @@ def main() -> None:
         return
     import subprocess
 
-    from steering.models.tiny import TinyModelSpec, build_tiny_model
+    from tests.fixtures.tiny import TinyModelSpec, build_tiny_model
 
     spec = TinyModelSpec(architecture=args.arch)
     model = build_tiny_model(spec)

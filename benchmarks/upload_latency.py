@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.engine_overhead import model_path  # noqa: E402
-from benchmarks.server_process import demo_server_process  # noqa: E402
+from tests.fixtures.processes import demo_server_process  # noqa: E402
 
 
 def vector_body(vector_id: str, layer: int, hidden: int, norm: float, rng: np.random.Generator) -> dict[str, Any]:

@@ -39,18 +39,22 @@ def version() -> None:
 
 def main() -> None:
     """Every command: an error answer from the server is its own message on stderr and exit code 1, never a
-    traceback (commands that send raw httpx requests included)."""
+    traceback (from steerserve's client or the openai SDK's)."""
     import httpx
+    import openai
 
-    from clients.client import SteerError, error_of
+    from clients.client import SteerError
 
     try:
         app()
     except SteerError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise SystemExit(1) from None
-    except httpx.HTTPStatusError as exc:
-        typer.echo(f"error: {error_of(exc.response)}", err=True)
+    except openai.APIStatusError as exc:
+        typer.echo(f"error: {exc.status_code} {exc.message}", err=True)
+        raise SystemExit(1) from None
+    except openai.APIConnectionError as exc:
+        typer.echo(f"error: cannot reach the server: {exc}", err=True)
         raise SystemExit(1) from None
     except httpx.TransportError as exc:
         try:

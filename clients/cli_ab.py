@@ -63,7 +63,7 @@ def run_ab(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Run every arm on every item with common seeds; write report.md, results.jsonl, summary.json, PNGs."""
-    import httpx
+    from openai import OpenAI
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from clients.ab.datasets import load_items
@@ -73,11 +73,9 @@ def run_ab(
     if random_control not in ("plain", "orthogonal", "both"):
         raise typer.BadParameter("plain | orthogonal | both", param_hint="--random-control")
     items = load_items(dataset, format, limit)
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     if model is None:
-        model = (
-            httpx.get(f"{base_url}/v1/models", headers=headers, timeout=30).raise_for_status().json()["data"][0]["id"]
-        )
+        with OpenAI(base_url=f"{base_url}/v1", api_key=admin_key or api_key or "none", timeout=30) as openai:
+            model = openai.models.list().data[0].id
     config = RunConfig(
         base_url=base_url,
         model=str(model),

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 import typer
 
+from clients.ab.datasets import demo_items, load_items
 from clients.cli_common import DEFAULT_URL, AdminKey, ApiKey, AsJson, BaseUrl, connect, dump, table
 from steering.errors import InvalidSteeringError
 from steering.spec import parse_vector_ref
@@ -57,10 +57,7 @@ def extract(
     as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
 ) -> None:
     """Extract a vector (difference of means or PCA) from the served model's activations; prints the job."""
-    import httpx
     from rich.progress import BarColumn, Progress, TimeElapsedColumn
-
-    from clients.ab.datasets import load_items
 
     body: dict[str, Any] = {
         "id": vector_id,
@@ -75,41 +72,33 @@ def extract(
         body["layers"] = [int(x) for x in layers.split(",")]
     if traces is not None:
         body["traces"] = _lines(traces)
-    elif problems == "demo":  # the extraction split of the toy: never the A/B evaluation problems
-        from steering.models.arith import problems as arith_problems
-
-        body["problems"] = [p.text for p in arith_problems(seed, limit or 300, "extract")]
+    elif problems == "demo":  # the extraction split of the demo: never the A/B evaluation problems
+        body["problems"] = [item.prompt for item in demo_items(limit or 300, "extract", seed)]
     elif problems is not None:
         body["problems"] = [item.prompt for item in load_items(problems, problems_format, limit)]
     elif positive is not None and negative is not None:
         body["positive"], body["negative"] = _texts(positive), _texts(negative)
     else:
         raise typer.BadParameter("give --traces, --problems, or --positive and --negative")
-    headers = {"Authorization": f"Bearer {admin_key}"} if admin_key else {}
-    with httpx.Client(base_url=base_url, headers=headers, timeout=60) as client:
-        response = client.post("/v1/steering/vectors/extract", json=body)
-        if response.status_code >= 400:
-            typer.echo(response.text, err=True)
-            raise typer.Exit(1)
-        job = response.json()
+    with connect(base_url, None, admin_key) as client:
+        job = client.extract(body)
         if wait:
             with Progress(
                 "[progress.description]{task.description}", BarColumn(), TimeElapsedColumn(), disable=as_json
             ) as bar:
                 task = bar.add_task("queued", total=1.0)
-                while job["status"] in ("queued", "running"):
-                    time.sleep(1.0)
-                    job = client.get(f"/v1/steering/jobs/{job['id']}").raise_for_status().json()
-                    bar.update(task, description=job["stage"], completed=job["progress"])
+                job = client.wait_job(
+                    job.id, on_progress=lambda j: bar.update(task, description=j.stage, completed=j.progress)
+                )
     if as_json:
-        typer.echo(json.dumps(job))
+        typer.echo(job.model_dump_json())
     else:
-        typer.echo(json.dumps({k: job[k] for k in ("id", "status", "stage", "error")}, indent=2))
-        if job.get("result"):
-            result = job["result"]
+        typer.echo(json.dumps(job.model_dump(include={"id", "status", "stage", "error"}), indent=2))
+        if job.result:
+            result = job.result
             typer.echo(f"stored {result['vector']['id']} v{result['vector']['version']} on layers {result['layers']}")
             typer.echo(f"recommended layer {result['recommended_layer']}; counts {result['counts']}")
-    if job["status"] == "failed":
+    if job.status == "failed":
         raise typer.Exit(1)
 
 

@@ -7,17 +7,21 @@ the OpenAI API has no words for: vectors, presets, experiments and extraction jo
     with SteerClient("http://127.0.0.1:8000", admin_key="...") as steer:
         steer.push_vector("reflection", {19: direction}, defaults={"site": "mlp", "op": "project"})
         steer.set_preset("reflect-up", [{"vector": "reflection", "strength": 0.5}])
+
+Each endpoint is written once, as the HTTP call it makes (`_Endpoints`); `SteerClient` and `AsyncSteerClient`
+differ only in how they send a call (blocking or awaited) and in how `wait_job` sleeps.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import httpx
 import numpy as np
@@ -36,6 +40,7 @@ from steering.extract.request import ExtractionRequest
 from steering.spec import SteeringTerm
 
 T = TypeVar("T")
+P = ParamSpec("P")
 TermLike = SteeringTerm | Mapping[str, Any]
 ProgressHook = Callable[[Job], None]
 
@@ -90,99 +95,140 @@ def _b64(direction: Any) -> str:
     return base64.b64encode(data.tobytes()).decode()
 
 
-class _Calls:
-    """The calls, named like the client methods."""
+class endpoint(Generic[P, T]):
+    """A client method made from a call builder: blocking on `SteerClient`, awaitable on `AsyncSteerClient`."""
 
-    @staticmethod
-    def list_vectors() -> _Call[list[VectorInfo]]:
-        return _Call("GET", "/v1/steering/vectors", _listed(_VECTOR))
+    def __init__(self, build: Callable[P, _Call[T]]) -> None:
+        self.build = build
+        self.__doc__ = build.__doc__
 
-    @staticmethod
-    def get_vector(vector_id: str) -> _Call[VectorInfo]:
-        return _Call("GET", f"/v1/steering/vectors/{vector_id}", _model(_VECTOR))
+    @overload
+    def __get__(self, client: SteerClient, owner: type | None = None) -> Callable[P, T]: ...
+    @overload
+    def __get__(self, client: AsyncSteerClient, owner: type | None = None) -> Callable[P, Awaitable[T]]: ...
+    @overload
+    def __get__(self, client: None, owner: type | None = None) -> endpoint[P, T]: ...
 
-    @staticmethod
-    def push_vector(
-        vector_id: str,
-        layers: Mapping[int, Any],
-        defaults: Mapping[str, Any] | None,
-        description: str,
-        provenance: Mapping[str, Any] | None,
-    ) -> _Call[VectorCreated]:
-        body: dict[str, Any] = {"id": vector_id, "layers": {str(k): _b64(v) for k, v in layers.items()}}
-        if defaults is not None:
-            body["defaults"] = dict(defaults)
-        if description:
-            body["description"] = description
-        if provenance:
-            body["provenance"] = dict(provenance)
-        return _Call("POST", "/v1/steering/vectors", _model(_CREATED), json=body)
+    def __get__(self, client: Any, owner: type | None = None) -> Any:
+        if client is None:
+            return self
+        build, send = self.build, client._send
 
-    @staticmethod
-    def import_vector(
-        vector_id: str, data: bytes, fmt: str | None, layer: int | None, defaults: Mapping[str, Any] | None
-    ) -> _Call[VectorCreated]:
-        import json
+        def method(*args: P.args, **kwargs: P.kwargs) -> Any:
+            return send(build(*args, **kwargs))
 
-        form = {"id": vector_id}
-        if fmt is not None:
-            form["format"] = fmt
-        if layer is not None:
-            form["layer"] = str(layer)
-        if defaults is not None:
-            form["defaults"] = json.dumps(dict(defaults))
-        files = {"file": ("vector", data, "application/octet-stream")}
-        return _Call("POST", "/v1/steering/vectors/import", _model(_CREATED), data=form, files=files)
+        method.__doc__ = build.__doc__
+        return method
 
-    @staticmethod
-    def export_vector(vector_id: str, fmt: str, version: int | None) -> _Call[bytes]:
-        params: dict[str, Any] = {"format": fmt}
-        if version is not None:
-            params["version"] = version
-        return _Call("GET", f"/v1/steering/vectors/{vector_id}/data", lambda r: r.content, params=params)
 
-    @staticmethod
-    def delete(kind: str, name: str) -> _Call[None]:
+def _push_vector(
+    vector_id: str,
+    layers: Mapping[int, Any],
+    defaults: Mapping[str, Any] | None = None,
+    description: str = "",
+    provenance: Mapping[str, Any] | None = None,
+) -> _Call[VectorCreated]:
+    """Store a new version of `vector_id` from {layer: direction} (anything numpy turns into float32)."""
+    body: dict[str, Any] = {"id": vector_id, "layers": {str(k): _b64(v) for k, v in layers.items()}}
+    if defaults is not None:
+        body["defaults"] = dict(defaults)
+    if description:
+        body["description"] = description
+    if provenance:
+        body["provenance"] = dict(provenance)
+    return _Call("POST", "/v1/steering/vectors", _model(_CREATED), json=body)
+
+
+def _import_vector(
+    vector_id: str,
+    file: bytes | str | Path,
+    fmt: str | None = None,
+    layer: int | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> _Call[VectorCreated]:
+    """Store a safetensors, GGUF control-vector or .npy file (bytes or a path) as a new version."""
+    data = Path(file).read_bytes() if isinstance(file, (str, Path)) else file
+    form = {"id": vector_id}
+    if fmt is not None:
+        form["format"] = fmt
+    if layer is not None:
+        form["layer"] = str(layer)
+    if defaults is not None:
+        form["defaults"] = json.dumps(dict(defaults))
+    files = {"file": ("vector", data, "application/octet-stream")}
+    return _Call("POST", "/v1/steering/vectors/import", _model(_CREATED), data=form, files=files)
+
+
+def _export_vector(vector_id: str, fmt: str = "safetensors", version: int | None = None) -> _Call[bytes]:
+    """The vector as a file: safetensors, gguf or npy."""
+    params: dict[str, Any] = {"format": fmt} | ({"version": version} if version is not None else {})
+    return _Call("GET", f"/v1/steering/vectors/{vector_id}/data", lambda r: r.content, params=params)
+
+
+def _delete(kind: str) -> Callable[[str], _Call[None]]:
+    def call(name: str) -> _Call[None]:
         return _Call("DELETE", f"/v1/steering/{kind}/{name}", lambda r: None)
 
-    @staticmethod
-    def list_presets() -> _Call[list[Preset]]:
-        return _Call("GET", "/v1/steering/presets", _listed(_PRESET))
+    return call
 
-    @staticmethod
-    def get_preset(name: str) -> _Call[Preset]:
-        return _Call("GET", f"/v1/steering/presets/{name}", _model(_PRESET))
 
-    @staticmethod
-    def get_experiment(name: str) -> _Call[Experiment]:
-        return _Call("GET", f"/v1/steering/experiments/{name}", _model(_EXPERIMENT))
+def _get(path: str, adapter: TypeAdapter[T]) -> Callable[[str], _Call[T]]:
+    def call(name: str) -> _Call[T]:
+        return _Call("GET", path.format(name), _model(adapter))
 
-    @staticmethod
-    def set_preset(name: str, steering: Sequence[TermLike], description: str) -> _Call[Preset]:
-        body = {"steering": _terms(steering), "description": description}
-        return _Call("PUT", f"/v1/steering/presets/{name}", _model(_PRESET), json=body)
+    return call
 
-    @staticmethod
-    def put_experiment(name: str, arms: Sequence[Mapping[str, Any]], description: str) -> _Call[Experiment]:
-        body = {"arms": [dict(a) for a in arms], "description": description}
-        return _Call("PUT", f"/v1/steering/experiments/{name}", _model(_EXPERIMENT), json=body)
 
-    @staticmethod
-    def list_experiments() -> _Call[list[Experiment]]:
-        return _Call("GET", "/v1/steering/experiments", _listed(_EXPERIMENT))
+def _list(path: str, adapter: TypeAdapter[T]) -> Callable[[], _Call[list[T]]]:
+    def call() -> _Call[list[T]]:
+        return _Call("GET", path, _listed(adapter))
 
-    @staticmethod
-    def experiment_report(name: str) -> _Call[ExperimentReport]:
-        return _Call("GET", f"/v1/steering/experiments/{name}/report", _model(_REPORT))
+    return call
 
-    @staticmethod
-    def extract(request: ExtractionRequest | Mapping[str, Any]) -> _Call[Job]:
-        body = ExtractionRequest.model_validate(request).model_dump(mode="json", exclude_none=True)
-        return _Call("POST", "/v1/steering/vectors/extract", _model(_JOB), json=body)
 
-    @staticmethod
-    def get_job(job_id: str) -> _Call[Job]:
-        return _Call("GET", f"/v1/steering/jobs/{job_id}", _model(_JOB))
+def _set_preset(name: str, steering: Sequence[TermLike], description: str = "") -> _Call[Preset]:
+    body = {"steering": _terms(steering), "description": description}
+    return _Call("PUT", f"/v1/steering/presets/{name}", _model(_PRESET), json=body)
+
+
+def _put_experiment(name: str, arms: Sequence[Mapping[str, Any]], description: str = "") -> _Call[Experiment]:
+    body = {"arms": [dict(a) for a in arms], "description": description}
+    return _Call("PUT", f"/v1/steering/experiments/{name}", _model(_EXPERIMENT), json=body)
+
+
+def _extract(request: ExtractionRequest | Mapping[str, Any]) -> _Call[Job]:
+    """Start an extraction job (see `ExtractionRequest`); `wait_job` follows it."""
+    body = ExtractionRequest.model_validate(request).model_dump(mode="json", exclude_none=True)
+    return _Call("POST", "/v1/steering/vectors/extract", _model(_JOB), json=body)
+
+
+def _tokenize(model: str, messages: Sequence[Mapping[str, Any]]) -> _Call[dict[str, Any]]:
+    """vLLM's /tokenize of a chat: `count` tokens of the rendered prompt and the served `max_model_len`."""
+    body = {"model": model, "messages": [dict(m) for m in messages]}
+    return _Call("POST", "/tokenize", lambda r: dict(r.json()), json=body)
+
+
+class _Endpoints:
+    """steerserve's steering API, one line per endpoint."""
+
+    list_vectors = endpoint(_list("/v1/steering/vectors", _VECTOR))
+    get_vector = endpoint(_get("/v1/steering/vectors/{}", _VECTOR))
+    push_vector = endpoint(_push_vector)
+    import_vector = endpoint(_import_vector)
+    export_vector = endpoint(_export_vector)
+    delete_vector = endpoint(_delete("vectors"))
+    list_presets = endpoint(_list("/v1/steering/presets", _PRESET))
+    get_preset = endpoint(_get("/v1/steering/presets/{}", _PRESET))
+    set_preset = endpoint(_set_preset)
+    delete_preset = endpoint(_delete("presets"))
+    put_experiment = endpoint(_put_experiment)
+    list_experiments = endpoint(_list("/v1/steering/experiments", _EXPERIMENT))
+    get_experiment = endpoint(_get("/v1/steering/experiments/{}", _EXPERIMENT))
+    experiment_report = endpoint(_get("/v1/steering/experiments/{}/report", _REPORT))
+    delete_experiment = endpoint(_delete("experiments"))
+    extract = endpoint(_extract)
+    get_job = endpoint(_get("/v1/steering/jobs/{}", _JOB))
+    tokenize = endpoint(_tokenize)
 
 
 def _headers(api_key: str | None, admin_key: str | None) -> dict[str, str]:
@@ -209,7 +255,24 @@ def _kwargs(call: _Call[Any]) -> dict[str, Any]:
     return {"params": call.params, "json": call.json, "data": call.data, "files": call.files, "headers": call.headers}
 
 
-class SteerClient:
+class _Waiting:
+    """`wait_job`'s clock: poll until the job is done, or raise TimeoutError after `timeout` seconds."""
+
+    def __init__(self, job_id: str, timeout: float | None) -> None:
+        self.job_id, self.timeout = job_id, timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+
+    def done(self, job: Job, on_progress: ProgressHook | None) -> bool:
+        if on_progress is not None:
+            on_progress(job)
+        if job.done:
+            return True
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise TimeoutError(f"job {self.job_id} still {job.status} after {self.timeout} s")
+        return False
+
+
+class SteerClient(_Endpoints):
     """Blocking client. `admin_key` is needed for writes; it also grants API access."""
 
     def __init__(
@@ -229,96 +292,17 @@ class SteerClient:
     def _send(self, call: _Call[T]) -> T:
         return _read(call, self.http.request(call.method, call.path, **_kwargs(call)))
 
-    def list_vectors(self) -> list[VectorInfo]:
-        return self._send(_Calls.list_vectors())
-
-    def get_vector(self, vector_id: str) -> VectorInfo:
-        return self._send(_Calls.get_vector(vector_id))
-
-    def push_vector(
-        self,
-        vector_id: str,
-        layers: Mapping[int, Any],
-        defaults: Mapping[str, Any] | None = None,
-        description: str = "",
-        provenance: Mapping[str, Any] | None = None,
-    ) -> VectorCreated:
-        """Store a new version of `vector_id` from {layer: direction} (anything numpy turns into float32)."""
-        return self._send(_Calls.push_vector(vector_id, layers, defaults, description, provenance))
-
-    def import_vector(
-        self,
-        vector_id: str,
-        file: bytes | str | Path,
-        fmt: str | None = None,
-        layer: int | None = None,
-        defaults: Mapping[str, Any] | None = None,
-    ) -> VectorCreated:
-        """Store a safetensors, GGUF control-vector or .npy file (bytes or a path) as a new version."""
-        data = Path(file).read_bytes() if isinstance(file, (str, Path)) else file
-        return self._send(_Calls.import_vector(vector_id, data, fmt, layer, defaults))
-
-    def export_vector(self, vector_id: str, fmt: str = "safetensors", version: int | None = None) -> bytes:
-        return self._send(_Calls.export_vector(vector_id, fmt, version))
-
-    def delete_vector(self, vector_id: str) -> None:
-        self._send(_Calls.delete("vectors", vector_id))
-
-    def list_presets(self) -> list[Preset]:
-        return self._send(_Calls.list_presets())
-
-    def get_preset(self, name: str) -> Preset:
-        return self._send(_Calls.get_preset(name))
-
-    def set_preset(self, name: str, steering: Sequence[TermLike], description: str = "") -> Preset:
-        return self._send(_Calls.set_preset(name, steering, description))
-
-    def delete_preset(self, name: str) -> None:
-        self._send(_Calls.delete("presets", name))
-
-    def put_experiment(self, name: str, arms: Sequence[Mapping[str, Any]], description: str = "") -> Experiment:
-        return self._send(_Calls.put_experiment(name, arms, description))
-
-    def list_experiments(self) -> list[Experiment]:
-        return self._send(_Calls.list_experiments())
-
-    def get_experiment(self, name: str) -> Experiment:
-        return self._send(_Calls.get_experiment(name))
-
-    def experiment_report(self, name: str) -> ExperimentReport:
-        return self._send(_Calls.experiment_report(name))
-
-    def delete_experiment(self, name: str) -> None:
-        self._send(_Calls.delete("experiments", name))
-
-    def extract(self, request: ExtractionRequest | Mapping[str, Any]) -> Job:
-        """Start an extraction job (see `ExtractionRequest`); `wait_job` follows it."""
-        return self._send(_Calls.extract(request))
-
-    def get_job(self, job_id: str) -> Job:
-        return self._send(_Calls.get_job(job_id))
-
     def wait_job(
-        self,
-        job_id: str,
-        poll: float = 1.0,
-        timeout: float | None = None,
-        on_progress: Callable[[Job], None] | None = None,
+        self, job_id: str, poll: float = 1.0, timeout: float | None = None, on_progress: ProgressHook | None = None
     ) -> Job:
         """Poll until the job succeeds or fails (raises TimeoutError after `timeout` seconds)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            job = self.get_job(job_id)
-            if on_progress is not None:
-                on_progress(job)
-            if job.done:
-                return job
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {job.status} after {timeout} s")
+        waiting = _Waiting(job_id, timeout)
+        while not waiting.done(job := self.get_job(job_id), on_progress):
             time.sleep(poll)
+        return job
 
 
-class AsyncSteerClient:
+class AsyncSteerClient(_Endpoints):
     """The same API for asyncio."""
 
     def __init__(
@@ -338,86 +322,11 @@ class AsyncSteerClient:
     async def _send(self, call: _Call[T]) -> T:
         return _read(call, await self.http.request(call.method, call.path, **_kwargs(call)))
 
-    async def list_vectors(self) -> list[VectorInfo]:
-        return await self._send(_Calls.list_vectors())
-
-    async def get_vector(self, vector_id: str) -> VectorInfo:
-        return await self._send(_Calls.get_vector(vector_id))
-
-    async def push_vector(
-        self,
-        vector_id: str,
-        layers: Mapping[int, Any],
-        defaults: Mapping[str, Any] | None = None,
-        description: str = "",
-        provenance: Mapping[str, Any] | None = None,
-    ) -> VectorCreated:
-        return await self._send(_Calls.push_vector(vector_id, layers, defaults, description, provenance))
-
-    async def import_vector(
-        self,
-        vector_id: str,
-        file: bytes | str | Path,
-        fmt: str | None = None,
-        layer: int | None = None,
-        defaults: Mapping[str, Any] | None = None,
-    ) -> VectorCreated:
-        data = Path(file).read_bytes() if isinstance(file, (str, Path)) else file
-        return await self._send(_Calls.import_vector(vector_id, data, fmt, layer, defaults))
-
-    async def export_vector(self, vector_id: str, fmt: str = "safetensors", version: int | None = None) -> bytes:
-        return await self._send(_Calls.export_vector(vector_id, fmt, version))
-
-    async def delete_vector(self, vector_id: str) -> None:
-        await self._send(_Calls.delete("vectors", vector_id))
-
-    async def list_presets(self) -> list[Preset]:
-        return await self._send(_Calls.list_presets())
-
-    async def get_preset(self, name: str) -> Preset:
-        return await self._send(_Calls.get_preset(name))
-
-    async def set_preset(self, name: str, steering: Sequence[TermLike], description: str = "") -> Preset:
-        return await self._send(_Calls.set_preset(name, steering, description))
-
-    async def delete_preset(self, name: str) -> None:
-        await self._send(_Calls.delete("presets", name))
-
-    async def put_experiment(self, name: str, arms: Sequence[Mapping[str, Any]], description: str = "") -> Experiment:
-        return await self._send(_Calls.put_experiment(name, arms, description))
-
-    async def list_experiments(self) -> list[Experiment]:
-        return await self._send(_Calls.list_experiments())
-
-    async def get_experiment(self, name: str) -> Experiment:
-        return await self._send(_Calls.get_experiment(name))
-
-    async def experiment_report(self, name: str) -> ExperimentReport:
-        return await self._send(_Calls.experiment_report(name))
-
-    async def delete_experiment(self, name: str) -> None:
-        await self._send(_Calls.delete("experiments", name))
-
-    async def extract(self, request: ExtractionRequest | Mapping[str, Any]) -> Job:
-        return await self._send(_Calls.extract(request))
-
-    async def get_job(self, job_id: str) -> Job:
-        return await self._send(_Calls.get_job(job_id))
-
     async def wait_job(
-        self,
-        job_id: str,
-        poll: float = 1.0,
-        timeout: float | None = None,
-        on_progress: Callable[[Job], None] | None = None,
+        self, job_id: str, poll: float = 1.0, timeout: float | None = None, on_progress: ProgressHook | None = None
     ) -> Job:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            job = await self.get_job(job_id)
-            if on_progress is not None:
-                on_progress(job)
-            if job.done:
-                return job
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {job.status} after {timeout} s")
+        """Poll until the job succeeds or fails (raises TimeoutError after `timeout` seconds)."""
+        waiting = _Waiting(job_id, timeout)
+        while not waiting.done(job := await self.get_job(job_id), on_progress):
             await asyncio.sleep(poll)
+        return job

@@ -7,18 +7,17 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from steering.spec import SteeringTerm
+from steering.vectors import VectorDefaults
 
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class VectorDefaultsInfo(_Open):
-    strength: float = 1.0
-    op: str = "add"
-    site: str = "residual"
-    positions: str = "all"
-    layers: list[int] | None = None
+class VectorDefaultsInfo(VectorDefaults):
+    """`steering.vectors.VectorDefaults` as a server returns them (fields a newer server adds are kept)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
 
 
 class VectorCreated(_Open):

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from server.protocol import PresetBody, VectorDefaultsBody, VectorImport, VectorUpload
+from server.protocol import PresetBody, VectorImport, VectorUpload
 from server.steering_sources import SteeringSources
 from steering import vector_formats
 from steering.errors import BadRequestError, InvalidSteeringError, NotFoundError
@@ -53,11 +53,10 @@ def decode_upload(body: VectorUpload, shape: ModelShape) -> dict[int, Float32Arr
     return layers
 
 
-def defaults_of(d: VectorDefaultsBody | None, shape: ModelShape, layers: dict[int, Float32Array]) -> VectorDefaults:
+def defaults_of(d: VectorDefaults | None, shape: ModelShape, layers: dict[int, Float32Array]) -> VectorDefaults:
+    """The uploaded defaults with their layers checked against the uploaded layers and made non-negative."""
     if d is None:
         return VectorDefaults()
-    if not np.isfinite(d.strength):
-        raise BadRequestError("default strength must be finite", param="defaults.strength")
     default_layers = None
     if d.layers is not None:
         resolved = []
@@ -68,7 +67,7 @@ def defaults_of(d: VectorDefaultsBody | None, shape: ModelShape, layers: dict[in
                 )
             resolved.append(layer % shape.num_layers)
         default_layers = tuple(sorted(set(resolved)))
-    return VectorDefaults(strength=d.strength, op=d.op, site=d.site, positions=d.positions, layers=default_layers)
+    return d.model_copy(update={"layers": default_layers})
 
 
 class Admin:

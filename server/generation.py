@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 
-from server.errors import error_parts
+from server.error_responses import error_parts
 from server.observe import CURRENT, Observation
 from server.protocol import SteeringField
 from server.state import state_of

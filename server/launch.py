@@ -25,21 +25,13 @@ from typing import Any, get_origin
 
 from pydantic import ValidationError
 
-from server.state import DEMO_NAME
 from steering.config import ADDITIONAL_CONFIG_KEY, ENDPOINT_PLUGIN_NAME, PLUGIN_NAME, prefer_v1_runner
+from steering.models import DEMO_DIR, DEMO_DTYPE, DEMO_KV_CACHE_GIB, DEMO_NAME, DEMO_REASONING_PARSER
 from steering.settings import ENV_PREFIX, SteerserveSettings
 
 logger = logging.getLogger("steerserve.server")
 DEFAULT_TOOL_PARSER = "hermes"
-DEMO_REASONING_PARSER = "deepseek_r1"
 DRAIN_SECONDS = 30
-
-
-def demo_model_dir() -> Path:
-    """The bundled toy reasoning model (trained by `steering.models.demo_train`)."""
-    import steering.models
-
-    return Path(steering.models.__file__).parent / "demo"
 
 
 def build_parser() -> Any:
@@ -90,12 +82,11 @@ def export_settings(args: Namespace) -> SteerserveSettings:
 def apply_model_defaults(args: Namespace, argv: Sequence[str], settings: SteerserveSettings) -> None:
     """The model to serve: none given → the bundled demo; a catalogued name → fetched; else as vLLM reads it."""
     from steering.fetch import CATALOG, fetch
-    from steering.models.demo_package import DEMO_DTYPE, DEMO_KV_CACHE_GIB
 
     if getattr(args, "model_tag", None) is not None:
         args.model = args.model_tag
     if not (_given(argv, "--model") or getattr(args, "model_tag", None)):
-        path = demo_model_dir()
+        path = DEMO_DIR
         if not (path / "model.safetensors").exists():
             raise SystemExit(f"the bundled demo model is missing at {path}; pass --model")
         logger.info("no model given: serving the bundled toy demo reasoning model (%s)", path)
@@ -106,7 +97,7 @@ def apply_model_defaults(args: Namespace, argv: Sequence[str], settings: Steerse
         if args.kv_cache_memory_bytes is None:
             args.kv_cache_memory_bytes = int(DEMO_KV_CACHE_GIB * 2**30)
         if not args.reasoning_parser:
-            args.reasoning_parser = DEMO_REASONING_PARSER  # the toy thinks in <think> ... </think>
+            args.reasoning_parser = DEMO_REASONING_PARSER
     elif args.model in CATALOG:
         name = args.model
         args.model = str(fetch(name, Path(settings.data_dir), log=logger.info))

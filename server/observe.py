@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from steering.extract.keywords import ReflectionCount
+from steering.reflection import ReflectionCount
 
 if TYPE_CHECKING:
     from server.state import ServerState

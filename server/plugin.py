@@ -3,7 +3,7 @@
 `attach_router` puts steering on vLLM's generation routes (`server.generation`) and adds steerserve's own
 routes (models with presets, the registry, experiments, extraction jobs, the playground); `init_state` builds
 their state around vLLM's engine client. Engine-side behaviour is the paired general plugin's
-(`steering.vllm_plugin`); this side reaches the workers only through `steering.engine.SteeringEngine`, which
+(`steering.worker`); this side reaches the workers only through `steering.engine.SteeringEngine`, which
 calls that plugin's RPC methods.
 """
 
@@ -22,7 +22,7 @@ from starlette.datastructures import State
 from server import routes
 from server.admin import Admin
 from server.auth import KeyPolicy
-from server.errors import install_error_handlers
+from server.error_responses import install_error_handlers
 from server.experiments import Experiments
 from server.generation import steer_generation_routes
 from server.metrics import ServerMetrics
@@ -167,8 +167,7 @@ async def install_model_assets(store: VectorStore, model_dir: Path, fingerprint:
     if await store.latest_version(meta["id"]) is None:
         tensors = load_file(str(model_dir / "steerserve" / "reflection.safetensors"))
         layers = {int(name.split(".")[1]): values for name, values in tensors.items()}
-        d = meta["defaults"]
-        defaults = VectorDefaults(d["strength"], d["op"], d["site"], d["positions"], tuple(d["layers"]))
+        defaults = VectorDefaults.model_validate(meta["defaults"])
         await store.add_vector(meta["id"], layers, defaults, meta["description"], meta["provenance"], fingerprint)
         logger.info("registered the model's %r vector", meta["id"])
     for name, body in meta["presets"].items():

@@ -7,17 +7,9 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 from steering.spec import SteeringTerm
+from steering.vectors import VectorDefaults
 
 SteeringField = Union[list[SteeringTerm], str, None]  # a request's `steering`: terms, or a preset name
-
-
-class VectorDefaultsBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    op: Literal["add", "project", "clamp"] = "add"
-    site: Literal["residual", "mlp", "attn"] = "residual"
-    positions: Literal["all", "prompt", "generated", "last_prompt"] = "all"
-    strength: float = 1.0
-    layers: list[int] | None = None
 
 
 class VectorUpload(BaseModel):
@@ -25,7 +17,7 @@ class VectorUpload(BaseModel):
     id: str
     layers: dict[str, str] = Field(min_length=1, description="layer index -> base64 little-endian float32")
     description: str = Field(default="", max_length=4096)
-    defaults: VectorDefaultsBody | None = None
+    defaults: VectorDefaults | None = None
     provenance: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -37,7 +29,7 @@ class VectorImport(BaseModel):
     format: Literal["safetensors", "gguf", "npy"] | None = Field(default=None, description="default: detected")
     layer: int | None = Field(default=None, description="the layer of a 1-D .npy array")
     description: str = Field(default="", max_length=4096)
-    defaults: VectorDefaultsBody | None = None
+    defaults: VectorDefaults | None = None
 
 
 class VectorCreated(BaseModel):

@@ -1,5 +1,5 @@
 """steerserve's own routes on vLLM's app: models with presets, the registry, the playground. Thin: parse,
-authorize, delegate to `Admin`; errors are mapped in `server.errors`."""
+authorize, delegate to `Admin`; errors are mapped in `server.error_responses`."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from server.errors import ErrorResponse
-from server.protocol import PresetBody, VectorCreated, VectorDefaultsBody, VectorImport, VectorUpload
-from server.state import DEMO_NAME, state_of
+from server.error_responses import ErrorResponse
+from server.protocol import PresetBody, VectorCreated, VectorImport, VectorUpload
+from server.state import state_of
 from steering.errors import BadRequestError, ModelNotFoundError, PayloadTooLargeError
+from steering.models import DEMO_NAME
+from steering.vectors import VectorDefaults
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 503)
@@ -97,7 +99,7 @@ async def import_vector(
 ) -> VectorCreated:
     """Import a vector file (multipart); llama.cpp's `direction.N` becomes layer N (the output of block N)."""
     try:
-        parsed = VectorDefaultsBody.model_validate(json.loads(defaults)) if defaults else None
+        parsed = VectorDefaults.model_validate(json.loads(defaults)) if defaults else None
     except ValueError as exc:
         raise BadRequestError(f"defaults must be a JSON object of vector defaults: {exc}", param="defaults") from None
     upload = VectorImport(id=id, format=format, layer=layer, description=description, defaults=parsed)

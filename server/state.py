@@ -17,8 +17,6 @@ from steering.extract.jobs import ExtractionJobs
 from steering.settings import SteerserveSettings
 from steering.store.cache import CachedRegistry
 
-DEMO_NAME = "steerserve-demo"  # served name of the bundled toy model
-
 
 @dataclass
 class ServerState:

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from steering import __version__
-from steering.spec import SITES, SteeringLimits
+from steering.spec import SteeringLimits
+from steering.vectors import SITES
 
 ADDITIONAL_CONFIG_KEY = "steerserve"
 PLUGIN_NAME = "steerserve"  # the general plugin's entry-point name, as `VLLM_PLUGINS` lists it
@@ -85,3 +86,22 @@ def steering_config_of(vllm_config: Any) -> EngineSteeringConfig | None:
 
     base = SteerserveSettings().engine_config().to_dict()
     return EngineSteeringConfig.from_dict({**base, **(data or {})})
+
+
+SPECULATIVE_METHODS = ("ngram", "draft_model")  # proposers tested with per-token steering
+
+
+def unsupported_mode(vllm_config: Any) -> str | None:
+    """Why per-token slots would be wrong in this engine configuration, or None."""
+    speculative = getattr(vllm_config, "speculative_config", None)
+    if speculative is not None and getattr(speculative, "method", None) not in SPECULATIVE_METHODS:
+        return (
+            f"speculative decoding method {getattr(speculative, 'method', None)!r} (steering supports "
+            f"{', '.join(SPECULATIVE_METHODS)})"
+        )
+    parallel = vllm_config.parallel_config
+    if getattr(parallel, "prefill_context_parallel_size", 1) > 1:
+        return "prefill context parallelism (tokens are split across ranks)"
+    if getattr(parallel, "enable_dbo", False):
+        return "dual-batch overlap (micro-batches see a slice of the step's tokens)"
+    return None

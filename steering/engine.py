@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from steering.activations import ActivationCapture, Activations
 from steering.admission import ConfigAdmission
-from steering.capture import ActivationCapture, Activations
 from steering.config import (
     ADDITIONAL_CONFIG_KEY,
     EngineSteeringConfig,
@@ -160,7 +160,7 @@ class SteeringEngine:
             prefer_v1_runner()
         vllm_config = engine_args(settings).create_engine_config()
         if settings.steering is not None:
-            from steering.vllm_plugin.runner import unsupported_mode
+            from steering.config import unsupported_mode
 
             reason = unsupported_mode(vllm_config)
             if reason is not None:

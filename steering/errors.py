@@ -1,7 +1,7 @@
 """steerserve's one error hierarchy.
 
 Every error carries the OpenAI error fields (`type`, `param`, `code`), an HTTP status and any headers, so the
-server maps all of them to responses in one place (`server.errors.error_parts`) without knowing each subclass.
+server maps all of them to responses in one place (`server.error_responses.error_parts`) without knowing each subclass.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from steering.config import EngineSteeringConfig
-from steering.spec import Site, SteeringLimits
+from steering.spec import SteeringLimits
+from steering.vectors import Site
 
 ENV_PREFIX = "STEERSERVE_"
 

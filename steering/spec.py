@@ -16,21 +16,15 @@ import re
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Union, get_args
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from steering.errors import InvalidSteeringError, UnknownVectorError
-from steering.vectors import SteeringVector
+from steering.vectors import SITES, Op, PositionMode, Site, SteeringVector
 
-Op = Literal["add", "project", "clamp"]
-Site = Literal["residual", "mlp", "attn"]
-PositionMode = Literal["all", "prompt", "generated", "last_prompt"]
-
-OPS: tuple[str, ...] = ("add", "project", "clamp")
-SITES: tuple[str, ...] = ("residual", "mlp", "attn")
-POSITION_MODES: tuple[str, ...] = ("all", "prompt", "generated", "last_prompt", "tokens")
+POSITION_MODES: tuple[str, ...] = (*get_args(PositionMode), "tokens")
 
 VECTOR_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _VECTOR_REF = re.compile(rf"^(?P<id>{VECTOR_ID_PATTERN})(?:@(?P<version>[1-9][0-9]{{0,8}}))?$")
@@ -263,8 +257,6 @@ def _resolve_term(
         )
     op = term.op or defaults.op
     site = term.site or defaults.site
-    if op not in OPS or site not in SITES:
-        raise InvalidSteeringError(f"vector {vector_id!r} stores an unknown op or site default", param=where)
     if site not in sites:
         raise InvalidSteeringError(
             f"site {site!r} is not enabled on this server (enabled: {', '.join(sites)}; see --steering-sites)",

@@ -1,4 +1,5 @@
-"""Steering vectors: one direction per covered layer, immutable, identified by a content hash."""
+"""Steering vectors: one direction per covered layer, immutable, identified by a content hash; the op, site and
+position vocabulary and a vector's defaults, defined once for the spec, the store, the server and the clients."""
 
 from __future__ import annotations
 
@@ -6,24 +7,30 @@ import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field
 
 from steering.errors import InvalidSteeringError
 
 Float32Array = npt.NDArray[np.float32]
+Op = Literal["add", "project", "clamp"]
+Site = Literal["residual", "mlp", "attn"]
+PositionMode = Literal["all", "prompt", "generated", "last_prompt"]
+SITES: tuple[str, ...] = get_args(Site)
 
 
-@dataclass(frozen=True)
-class VectorDefaults:
-    """Values a term takes when it leaves a field unset."""
+class VectorDefaults(BaseModel):
+    """Values a term takes when it leaves a field unset (stored with each vector version)."""
 
-    strength: float = 1.0
-    op: str = "add"
-    site: str = "residual"
-    positions: str = "all"
-    layers: tuple[int, ...] | None = None  # None: every layer the vector covers
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    strength: float = Field(default=1.0, allow_inf_nan=False)
+    op: Op = "add"
+    site: Site = "residual"
+    positions: PositionMode = "all"
+    layers: tuple[int, ...] | None = Field(default=None, description="None: every layer the vector covers.")
 
 
 @dataclass(frozen=True)

@@ -20,14 +20,14 @@ def model_cache_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_llama(model_cache_dir: Path) -> Path:
-    from steering.models.tiny import TinyModelSpec, build_tiny_model
+    from tests.fixtures.tiny import TinyModelSpec, build_tiny_model
 
     return build_tiny_model(TinyModelSpec(architecture="llama"), model_cache_dir)
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen2(model_cache_dir: Path) -> Path:
-    from steering.models.tiny import TinyModelSpec, build_tiny_model
+    from tests.fixtures.tiny import TinyModelSpec, build_tiny_model
 
     return build_tiny_model(TinyModelSpec(architecture="qwen2", seed=1), model_cache_dir)
 
@@ -58,7 +58,7 @@ async def llama_engine(tiny_llama: Path) -> AsyncIterator[object]:
 
 @pytest.fixture(scope="session")
 def tiny_moe(model_cache_dir: Path) -> Path:
-    from steering.models.tiny import TinyModelSpec, build_tiny_model
+    from tests.fixtures.tiny import TinyModelSpec, build_tiny_model
 
     return build_tiny_model(TinyModelSpec(architecture="qwen3_moe", seed=1), model_cache_dir)
 
@@ -111,7 +111,7 @@ def hf_smol(smollm2: Path) -> object:
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private redis-server on a free port (AOF on) for the whole session."""
-    from tests.redis_server import RedisServer
+    from tests.fixtures.processes import RedisServer
 
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     server.start()

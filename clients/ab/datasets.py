@@ -1,14 +1,16 @@
-"""Datasets for A/B runs: the bundled toy arithmetic set, plain JSONL, and MATH-500 / GSM8K in their published
-layouts (MATH-500: HuggingFaceH4/MATH-500 `test.jsonl` with `problem`/`answer`; GSM8K: openai/gsm8k
-`test.jsonl` with `question` and an `answer` ending in `#### <number>`)."""
+"""Datasets for A/B runs: the bundled demo model's problem sets (`clients/data`), plain JSONL, and MATH-500 /
+GSM8K in their published layouts (MATH-500: HuggingFaceH4/MATH-500 `test.jsonl` with `problem`/`answer`;
+GSM8K: openai/gsm8k `test.jsonl` with `question` and an `answer` ending in `#### <number>`)."""
 
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
 FORMATS = ("auto", "jsonl", "math500", "gsm8k")
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 @dataclass(frozen=True)
@@ -18,11 +20,16 @@ class Item:
     answer: str
 
 
-def demo_items(limit: int, seed: int = 2026) -> list[Item]:
-    """Held-out problems of the toy demo model (never in its training or extraction split)."""
-    from steering.models.arith import problems
-
-    return [Item(f"demo-{i}", p.text, str(p.answer)) for i, p in enumerate(problems(seed, limit, "eval"))]
+def demo_items(limit: int, split: str = "eval", seed: int = 0) -> list[Item]:
+    """Problems of the demo model's `eval` split (held out from its training and extraction: the A/B set) or its
+    `extract` split (for extracting vectors), as the toy's generator wrote them (`python -m research.toy.package
+    --model-dir . --write-problems-to clients/data`). Seed 0: the first `limit` rows; another seed: a seeded
+    sample of them."""
+    rows = _rows(DATA / f"demo_{split}.jsonl")
+    if limit > len(rows):
+        raise ValueError(f"the demo {split} set has {len(rows)} problems; asked for {limit}")
+    picked = rows[:limit] if seed == 0 else random.Random(seed).sample(rows, limit)
+    return [Item(str(r["id"]), str(r["prompt"]), str(r["answer"])) for r in picked]
 
 
 def _rows(path: Path) -> list[dict[str, object]]:

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import httpx
 import numpy as np
 from safetensors.numpy import load
 
 from clients.ab.datasets import Item
 from clients.ab.grading import extract_answer, is_correct
+from clients.client import AsyncSteerClient
 
 
 @dataclass(frozen=True)
@@ -88,59 +87,29 @@ def random_direction(
 
 
 async def random_control(
-    client: httpx.AsyncClient, vector: str, seed: int, headers: dict[str, str], orthogonal: bool = False
+    steer: AsyncSteerClient, vector: str, seed: int, orthogonal: bool = False
 ) -> tuple[str, float]:
     """Upload a random direction with the vector's per-layer norms and defaults; returns its id and its cosine
     with the vector."""
-    info = (await client.get(f"/v1/steering/vectors/{vector}")).raise_for_status().json()
-    data = (await client.get(f"/v1/steering/vectors/{vector}/data")).raise_for_status().content
-    tensors = load(io.BytesIO(data).getvalue())
+    info = await steer.get_vector(vector)
+    tensors = load(await steer.export_vector(vector))
     directions, cosine = random_direction(tensors, seed, orthogonal)
-    layers = {name.split(".")[1]: _b64(values) for name, values in directions.items()}
-    defaults = dict(info["defaults"])
+    random_id = f"{vector}-random{seed}" + ("-orth" if orthogonal else "")
     kind = "orthogonal random" if orthogonal else "random"
-    body = {
-        "id": f"{vector}-random{seed}" + ("-orth" if orthogonal else ""),
-        "layers": layers,
-        "description": f"{kind} direction with the per-layer norms of {vector} v{info['version']} (A/B control)",
-        "defaults": {k: defaults[k] for k in ("op", "site", "positions", "strength", "layers") if k in defaults},
-        "provenance": {
+    await steer.push_vector(
+        random_id,
+        {int(name.split(".")[1]): values for name, values in directions.items()},
+        defaults=info.defaults.model_dump(mode="json", include={"op", "site", "positions", "strength", "layers"}),
+        description=f"{kind} direction with the per-layer norms of {vector} v{info.version} (A/B control)",
+        provenance={
             "random_control_of": vector,
-            "version": info["version"],
+            "version": info.version,
             "seed": seed,
             "orthogonal": orthogonal,
             "cosine": round(cosine, 6),
         },
-    }
-    created = await client.post("/v1/steering/vectors", json=body, headers=headers)
-    created.raise_for_status()
-    return str(body["id"]), cosine
-
-
-def _b64(values: np.ndarray) -> str:
-    import base64
-
-    return base64.b64encode(np.asarray(values, dtype="<f4").tobytes()).decode()
-
-
-async def post_with_retry(
-    client: httpx.AsyncClient, path: str, body: dict[str, Any], attempts: int = 4
-) -> tuple[httpx.Response, float]:
-    """POST, retrying a dropped connection (a pooled keep-alive connection the server closed just then) and 503
-    overload answers; returns the response and the latency of the attempt that got it."""
-    for attempt in range(attempts):
-        started = time.perf_counter()
-        try:
-            response = await client.post(path, json=body)
-        except httpx.TransportError:
-            if attempt == attempts - 1:
-                raise
-            await asyncio.sleep(0.2 * (attempt + 1))
-            continue
-        if response.status_code != 503 or attempt == attempts - 1:
-            return response, time.perf_counter() - started
-        await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
-    raise AssertionError("unreachable")
+    )
+    return random_id, cosine
 
 
 def build_arms(config: RunConfig, controls: dict[str, tuple[str, float]]) -> list[ArmSpec]:
@@ -162,85 +131,81 @@ def build_arms(config: RunConfig, controls: dict[str, tuple[str, float]]) -> lis
 async def run(
     config: RunConfig, items: list[Item], progress: Callable[[int, int], None] = lambda done, total: None
 ) -> tuple[list[ArmSpec], list[dict[str, Any]]]:
-    """Every (item, sample, arm) once; returns the arms and one result row per request."""
-    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
-    admin = (
-        {"Authorization": f"Bearer {config.admin_key or config.api_key}"}
-        if (config.admin_key or config.api_key)
-        else {}
-    )
-    timeout = httpx.Timeout(600.0, connect=10.0)
-    limits = httpx.Limits(max_connections=config.concurrency)
-    async with httpx.AsyncClient(base_url=config.base_url, headers=headers, timeout=timeout, limits=limits) as client:
+    """Every (item, sample, arm) once; returns the arms and one result row per request. The registry calls go
+    through `AsyncSteerClient`, the generations through the official openai SDK (its retries cover a dropped
+    keep-alive connection and 503 overload answers)."""
+    from openai import AsyncOpenAI
+
+    key = config.admin_key or config.api_key
+    async with AsyncSteerClient(config.base_url, config.api_key, config.admin_key, timeout=600.0) as steer:
         controls = {
-            kind: await random_control(client, config.vector, config.seed, admin, orthogonal=kind == "orthogonal")
+            kind: await random_control(steer, config.vector, config.seed, orthogonal=kind == "orthogonal")
             for kind in (config.random_controls if config.random_strengths else ())
         }
         arms = build_arms(config, controls)
-        budgets = await completion_budgets(client, config, items)
-        jobs = [(item, k, arm) for item in items for k in range(config.samples) for arm in arms]
-        gate = asyncio.Semaphore(config.concurrency)
-        rows: list[dict[str, Any]] = []
+        budgets = await completion_budgets(steer, config, items)
+    jobs = [(item, k, arm) for item in items for k in range(config.samples) for arm in arms]
+    gate = asyncio.Semaphore(config.concurrency)
+    rows: list[dict[str, Any]] = []
+    openai = AsyncOpenAI(base_url=f"{config.base_url}/v1", api_key=key or "none", timeout=600.0, max_retries=3)
 
-        async def one(item: Item, k: int, arm: ArmSpec) -> None:
-            body: dict[str, Any] = {
-                "model": config.model,
-                "messages": [{"role": "user", "content": item.prompt}],
-                "max_tokens": budgets[item.id],
-                "seed": sample_seed(item, k, config.seed),
-            }
-            if config.temperature is not None:
-                body["temperature"] = config.temperature
-            if config.top_p is not None:
-                body["top_p"] = config.top_p
-            if arm.steering is not None:
-                body["steering"] = arm.steering
-            async with gate:
-                response, latency = await post_with_retry(client, "/v1/chat/completions", body)
-            response.raise_for_status()
-            data = response.json()
-            choice = data["choices"][0]
-            content = choice["message"].get("content") or ""
-            reasoning = choice["message"].get("reasoning") or choice["message"].get("reasoning_content")
-            details = data["usage"].get("completion_tokens_details") or {}
-            reflection = (data.get("steering") or {}).get("reflection") or {}
-            rows.append(
-                {
-                    "item": item.id,
-                    "sample": k,
-                    "arm": arm.name,
-                    "vector": arm.vector,
-                    "strength": arm.strength,
-                    "answer": item.answer,
-                    "extracted": extract_answer(content),
-                    "correct": is_correct(content, item.answer),
-                    "completion_tokens": data["usage"]["completion_tokens"],
-                    "reasoning_tokens": details.get("reasoning_tokens"),
-                    "markers": reflection.get("markers", 0),
-                    "reflected": reflection.get("markers", 0) > 0,
-                    "finish_reason": choice["finish_reason"],
-                    "latency_s": round(latency, 4),
-                    "reasoning_chars": len(reasoning or ""),
-                }
+    async def one(item: Item, k: int, arm: ArmSpec) -> None:
+        async with gate:
+            started = time.perf_counter()
+            completion = await openai.chat.completions.create(
+                model=config.model,
+                messages=[{"role": "user", "content": item.prompt}],
+                max_tokens=budgets[item.id],
+                seed=sample_seed(item, k, config.seed),
+                temperature=config.temperature,  # None: the served model's default
+                top_p=config.top_p,
+                extra_body={"steering": arm.steering} if arm.steering is not None else None,
             )
-            progress(len(rows), len(jobs))
+            latency = time.perf_counter() - started
+        choice = completion.choices[0]
+        content = choice.message.content or ""
+        said = choice.message.model_extra or {}
+        reasoning = said.get("reasoning") or said.get("reasoning_content")
+        usage = completion.usage
+        details = usage.completion_tokens_details if usage is not None else None
+        reflection = ((completion.model_extra or {}).get("steering") or {}).get("reflection") or {}
+        rows.append(
+            {
+                "item": item.id,
+                "sample": k,
+                "arm": arm.name,
+                "vector": arm.vector,
+                "strength": arm.strength,
+                "answer": item.answer,
+                "extracted": extract_answer(content),
+                "correct": is_correct(content, item.answer),
+                "completion_tokens": usage.completion_tokens if usage is not None else 0,
+                "reasoning_tokens": details.reasoning_tokens if details is not None else None,
+                "markers": reflection.get("markers", 0),
+                "reflected": reflection.get("markers", 0) > 0,
+                "finish_reason": choice.finish_reason,
+                "latency_s": round(latency, 4),
+                "reasoning_chars": len(reasoning or ""),
+            }
+        )
+        progress(len(rows), len(jobs))
 
+    async with openai:
         await asyncio.gather(*(one(*job) for job in jobs))
     return arms, rows
 
 
-async def completion_budgets(client: httpx.AsyncClient, config: RunConfig, items: list[Item]) -> dict[str, int]:
+async def completion_budgets(steer: AsyncSteerClient, config: RunConfig, items: list[Item]) -> dict[str, int]:
     """max_tokens per item: `config.max_tokens` when given (the server refuses what does not fit, with its own
-    message); else DEFAULT_MAX_TOKENS capped at the served context minus the item's chat prompt (from
+    message); else DEFAULT_MAX_TOKENS capped at the served context minus the item's chat prompt (from vLLM's
     /tokenize, which reports both), so the default fits any served model."""
     if config.max_tokens is not None:
         return {item.id: config.max_tokens for item in items}
     gate = asyncio.Semaphore(config.concurrency)
 
     async def room(item: Item) -> tuple[str, int]:
-        body = {"model": config.model, "messages": [{"role": "user", "content": item.prompt}]}
         async with gate:
-            answer = (await client.post("/tokenize", json=body)).raise_for_status().json()
+            answer = await steer.tokenize(config.model, [{"role": "user", "content": item.prompt}])
         # at least 1: a prompt that fills the context gets the server's own "prompt too long" answer
         return item.id, max(1, min(DEFAULT_MAX_TOKENS, int(answer["max_model_len"]) - int(answer["count"])))
 

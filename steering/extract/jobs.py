@@ -18,7 +18,6 @@ from typing import Any
 from steering.extract.pipeline import run_extraction
 from steering.extract.request import ExtractionRequest
 from steering.store.base import VectorStore, check_name
-from steering.vectors import VectorDefaults
 
 logger = logging.getLogger("steerserve.extract")
 KIND = "extraction_job"
@@ -100,8 +99,7 @@ class ExtractionJobs:
                 outcome = await run_extraction(self.engine, request, progress)
                 num_layers = self.engine.shape.num_layers
                 layers = sorted({x % num_layers for x in request.layers or [outcome.recommended_layer]})
-                d = request.defaults
-                defaults = VectorDefaults(d.strength, d.op, d.site, d.positions, tuple(layers))
+                defaults = request.defaults.model_copy(update={"layers": tuple(layers)})
                 record = await self.store.add_vector(
                     request.id,
                     {layer: outcome.directions[layer] for layer in layers},

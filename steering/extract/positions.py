@@ -13,7 +13,7 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from steering.extract.keywords import keyword_spans
+from steering.reflection import keyword_spans
 
 
 @dataclass(frozen=True)

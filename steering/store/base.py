@@ -49,7 +49,6 @@ class VectorRecord:
     dtype: str = "float32"
 
     def to_json(self) -> dict[str, Any]:
-        defaults = self.defaults
         return {
             "id": self.id,
             "version": self.version,
@@ -57,13 +56,7 @@ class VectorRecord:
             "dtype": self.dtype,
             "hidden_size": self.hidden_size,
             "layers": list(self.layers),
-            "defaults": {
-                "strength": defaults.strength,
-                "op": defaults.op,
-                "site": defaults.site,
-                "positions": defaults.positions,
-                "layers": list(defaults.layers) if defaults.layers is not None else None,
-            },
+            "defaults": self.defaults.model_dump(mode="json"),
             "description": self.description,
             "provenance": dict(self.provenance),
             "model": dict(self.model),
@@ -72,20 +65,13 @@ class VectorRecord:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> VectorRecord:
-        d = data["defaults"]
         return cls(
             id=data["id"],
             version=int(data["version"]),
             sha256=data["sha256"],
             hidden_size=int(data["hidden_size"]),
             layers=tuple(int(x) for x in data["layers"]),
-            defaults=VectorDefaults(
-                strength=float(d["strength"]),
-                op=d["op"],
-                site=d["site"],
-                positions=d["positions"],
-                layers=tuple(d["layers"]) if d.get("layers") is not None else None,
-            ),
+            defaults=VectorDefaults.model_validate(data["defaults"]),
             description=data.get("description", ""),
             provenance=data.get("provenance", {}),
             model=data.get("model", {}),

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.redis_server import free_port
+from tests.fixtures.processes import free_port
 
 SERVED = "tiny-llama"
 ADMIN = {"Authorization": "Bearer admin-secret"}

@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.redis_server import free_port
+from tests.fixtures.processes import free_port
 
 pytestmark = pytest.mark.engine
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,8 +38,7 @@ def start(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
 
 def start_plain_vllm(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     """The README's plain-vLLM way: vLLM's own entry point, both plugins allow-listed, settings from the env."""
-    from server.launch import DEMO_REASONING_PARSER, demo_model_dir
-    from server.state import DEMO_NAME
+    from steering.models import DEMO_DIR, DEMO_NAME, DEMO_REASONING_PARSER
 
     env = {
         **os.environ,
@@ -48,7 +47,7 @@ def start_plain_vllm(data_dir: Path, port: int, log: Path) -> subprocess.Popen[b
         "VLLM_CPU_KVCACHE_SPACE": "1",
     }
     argv = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(demo_model_dir()),
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(DEMO_DIR),
         "--served-model-name", DEMO_NAME, "--dtype", "float32", "--reasoning-parser", DEMO_REASONING_PARSER,
         "--port", str(port), "--enforce-eager", "--max-model-len", "512", "--shutdown-timeout", "30",
         "--additional-config", '{"steerserve": {}}',

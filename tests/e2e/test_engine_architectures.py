@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from steering.errors import InvalidSteeringError
-from steering.models.tiny import TinyModelSpec, build_tiny_model
 from steering.spec import SteeringTerm, TokenPositions
 from tests.conftest import make_engine
 from tests.e2e.engine_helpers import random_vector, run
 from tests.e2e.test_engine_batch import mixed_terms, run_mixed
 from tests.e2e.test_engine_vs_reference import GENERATED, PROMPT, STRENGTH, TRIGGER, _check, _ref_terms
+from tests.fixtures.tiny import TinyModelSpec, build_tiny_model
 
 pytestmark = pytest.mark.engine
 

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from steering.models.tiny import TinyModelSpec, build_tiny_model
 from steering.spec import SteeringTerm
 from tests.conftest import make_engine
 from tests.e2e.engine_helpers import random_vector, run
 from tests.e2e.test_engine_flags_steered import RANK, write_lora_adapter
 from tests.e2e.test_engine_vs_reference import PROMPT
+from tests.fixtures.tiny import TinyModelSpec, build_tiny_model
 
 pytestmark = pytest.mark.engine
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.redis_server import free_port
+from tests.fixtures.processes import free_port
 
 pytestmark = pytest.mark.engine
 ROOT = Path(__file__).resolve().parents[2]

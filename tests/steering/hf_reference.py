@@ -1,6 +1,6 @@
 """An independent reference of the steering semantics on a Hugging Face transformers model.
 
-Written from the README formulas, not from `steering.ops`: each term is applied with its own formula
+Written from the README formulas, not from `steering.worker.ops`: each term is applied with its own formula
 (add / project / clamp) through forward hooks at the site it names, gated by position exactly as documented.
 Layer L = output of decoder block L; site residual = the block's output stream, mlp = the MLP branch as it
 joins the stream (the MLP or MoE output; after the post-feedforward norm where there is one), attn = the

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from steering.extract.keywords import count_markers, keyword_spans
 from steering.extract.methods import diffmean, pca_direction, probe_accuracy, recommend_layer, scan_layer
 from steering.extract.positions import trace_positions
+from steering.reflection import count_markers, keyword_spans
 
 
 def char_tokens(text: str) -> list[tuple[int, int]]:

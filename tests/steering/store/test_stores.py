@@ -18,7 +18,7 @@ from steering.store.cache import CachedRegistry
 from steering.store.embedded import EmbeddedStore
 from steering.store.redis_store import RedisStore
 from steering.vectors import VectorDefaults
-from tests.redis_server import RedisServer
+from tests.fixtures.processes import RedisServer
 
 
 def layers(seed: int, hidden: int = 8) -> dict[int, np.ndarray]:

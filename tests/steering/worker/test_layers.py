@@ -1,0 +1,93 @@
+"""Decoder layers are found from the model's own layer list, whatever their class; a layer that cannot carry a
+site is refused at start-up naming what it lacks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from steering.errors import UnsupportedModelError
+from steering.worker.layers import decoder_layers, split_residual
+
+ALL_SITES = ("residual", "mlp", "attn")
+
+
+class SplitLayer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.self_attn = nn.Identity()
+
+    def forward(
+        self, positions: torch.Tensor, hidden_states: torch.Tensor, residual: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return hidden_states, hidden_states if residual is None else residual
+
+
+class SingleLayer(nn.Module):
+    def __init__(self, mlp: bool = True, attn_name: str = "self_attn") -> None:
+        super().__init__()
+        setattr(self, attn_name, nn.Identity())
+        if mlp:
+            self.mlp = nn.Identity()
+
+    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states
+
+
+class Inner(nn.Module):
+    def __init__(self, layers: list[nn.Module]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+
+class CausalLM(nn.Module):
+    def __init__(self, layers: list[nn.Module]) -> None:
+        super().__init__()
+        self.model = Inner(layers)
+
+
+class Multimodal(nn.Module):
+    """Layers deeper than `model.layers`, plus a shallower-named vision tower list further down."""
+
+    def __init__(self, layers: list[nn.Module]) -> None:
+        super().__init__()
+        self.language_model = CausalLM(layers)
+        self.vision = nn.Module()
+        self.vision.encoder = nn.Module()
+        self.vision.encoder.blocks = nn.Module()
+        self.vision.encoder.blocks.layers = nn.ModuleList([nn.Identity()])
+
+
+class PPMissingLayer(nn.Identity):
+    pass
+
+
+def test_layers_of_any_class_are_found_in_order_and_other_stages_skipped() -> None:
+    layers: list[nn.Module] = [SplitLayer(), PPMissingLayer(), SingleLayer()]
+    found = decoder_layers(CausalLM(layers), ALL_SITES)
+    assert [(i, type(layer)) for i, layer in found] == [(0, SplitLayer), (2, SingleLayer)]
+
+
+def test_the_shallowest_layer_list_is_used_when_model_layers_is_absent() -> None:
+    found = decoder_layers(Multimodal([SplitLayer(), SplitLayer()]), ALL_SITES)
+    assert [type(layer) for _, layer in found] == [SplitLayer, SplitLayer]
+
+
+def test_split_residual_is_read_from_the_forward_signature() -> None:
+    assert split_residual(SplitLayer())
+    assert not split_residual(SingleLayer())
+
+
+def test_attention_under_another_name_is_accepted() -> None:
+    assert decoder_layers(CausalLM([SingleLayer(attn_name="attn")]), ALL_SITES)
+
+
+def test_a_layer_without_what_a_site_needs_is_refused_naming_it() -> None:
+    with pytest.raises(UnsupportedModelError, match="no MLP submodule.*site 'mlp'"):
+        decoder_layers(CausalLM([SingleLayer(mlp=False)]), ALL_SITES)
+    assert decoder_layers(CausalLM([SingleLayer(mlp=False)]), ("residual", "attn"))
+    with pytest.raises(UnsupportedModelError, match="no attention submodule"):
+        decoder_layers(CausalLM([SingleLayer(attn_name="mixer")]), ALL_SITES)
+    with pytest.raises(UnsupportedModelError, match="no decoder layer list"):
+        decoder_layers(nn.Linear(2, 2), ALL_SITES)
