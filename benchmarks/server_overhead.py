@@ -248,6 +248,7 @@ def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str,
     by = {(r["block"], r["rep"], r["arm"]): r for r in runs}
     blocks = sorted({r["block"] for r in runs})
     vs_vllm: list[float] = []
+    steered_vs_vllm: list[float] = []
     steered: list[float] = []
     cpu_vs_vllm: list[float] = []
     cpu_steered: list[float] = []
@@ -257,7 +258,9 @@ def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str,
         partner = block - 1 if (block - 1, 0, "vllm") in by else block + 1  # the neighbouring vLLM block
         for rep in range(args.reps):
             ours = by[(block, rep, "steerserve")]["tok_per_s"]
-            vs_vllm.append(ours / by[(partner, rep, "vllm")]["tok_per_s"])
+            theirs = by[(partner, rep, "vllm")]["tok_per_s"]
+            vs_vllm.append(ours / theirs)
+            steered_vs_vllm.append(by[(block, rep, "steerserve_steered")]["tok_per_s"] / theirs)
             steered.append(by[(block, rep, "steerserve_steered")]["tok_per_s"] / ours)
             cpu = "api_cpu_ms_per_1k_tokens"
             cpu_vs_vllm.append(by[(block, rep, "steerserve")][cpu] / by[(partner, rep, "vllm")][cpu])
@@ -272,8 +275,8 @@ def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str,
         rows = [r for r in runs if r["arm"] == arm]
         arms[arm] = {
             "median_tok_per_s": statistics.median(r["tok_per_s"] for r in rows),
-            "ttft_p50_ms": 1000 * statistics.median(r["ttft_p50"] for r in rows),
-            "ttft_p99_ms": 1000 * statistics.median(r["ttft_p99"] for r in rows),
+            "ttft_p50_ms": ratio([1000 * r["ttft_p50"] for r in rows]),  # median over repetitions, with its CI
+            "ttft_p99_ms": ratio([1000 * r["ttft_p99"] for r in rows]),
             "api_cpu_ms_per_1k_tokens": statistics.median(r["api_cpu_ms_per_1k_tokens"] for r in rows),
         }
     return {
@@ -288,12 +291,13 @@ def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str,
         },
         "ratios": {
             "steerserve_vs_vllm": ratio(vs_vllm),
+            "steered_vs_vllm": ratio(steered_vs_vllm),
             "steered_vs_unsteered": ratio(steered),
             "api_cpu_steerserve_vs_vllm": ratio(cpu_vs_vllm),
             "api_cpu_steered_vs_unsteered": ratio(cpu_steered),
         },
         "arms": arms,
-        "command": "python " + " ".join(sys.argv),
+        "command": getattr(args, "command", None) or "python " + " ".join(sys.argv),
         "runs": runs,
     }
 
@@ -306,8 +310,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Workload: {result['workload']}",
         f"Command: `{result['command']}`",
         "",
-        "Throughput ratios (tok/s; target >= 0.97 unsteered, >= 0.95 steered) and API-process CPU per token ratios "
-        "(> 1: more CPU per token).",
+        "Throughput ratios (tok/s; target: steerserve unsteered >= 0.97 and steered >= 0.95 of vLLM's) and "
+        "API-process CPU per token ratios (> 1: more CPU per token).",
         "",
         "| ratio | median | 95 % CI |",
         "|---|---|---|",
@@ -316,12 +320,16 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {name} | {row['median']:.3f} | [{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}] |")
     lines += [
         "",
-        "| arm | median tok/s | TTFT p50 (ms) | TTFT p99 (ms) | API CPU ms / 1k tokens |",
+        "| arm | median tok/s | TTFT p50 (ms) [95 % CI] | TTFT p99 (ms) [95 % CI] | API CPU ms / 1k tokens |",
         "|---|---|---|---|---|",
     ]
+
+    def ms(row: dict[str, Any]) -> str:
+        return f"{row['median']:.0f} [{row['ci95'][0]:.0f}, {row['ci95'][1]:.0f}]"
+
     for arm, row in result["arms"].items():
         lines.append(
-            f"| {arm} | {row['median_tok_per_s']:.1f} | {row['ttft_p50_ms']:.0f} | {row['ttft_p99_ms']:.0f} "
+            f"| {arm} | {row['median_tok_per_s']:.1f} | {ms(row['ttft_p50_ms'])} | {ms(row['ttft_p99_ms'])} "
             f"| {row['api_cpu_ms_per_1k_tokens']:.0f} |"
         )
     return "\n".join(lines) + "\n"
@@ -339,12 +347,25 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--pause", type=float, default=0.5)
     parser.add_argument("--logs", default="/tmp/steerserve-server-bench")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/server_overhead.json"))
+    parser.add_argument(
+        "--from-runs", type=Path, help="summarize the runs of an earlier result file again (no servers started)"
+    )
     return parser.parse_args()
+
+
+def resummarize(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """An earlier result's runs with this script's statistics (its model, workload and command kept)."""
+    earlier = json.loads(path.read_text())
+    workload = earlier["workload"]
+    args.reps, args.requests, args.clients = workload["reps_per_block"], workload["requests"], workload["clients"]
+    args.max_tokens, args.model_description = workload["max_tokens"], earlier["model"].removesuffix(", 1 engine thread")
+    args.command = earlier["command"]
+    return summarize(args, earlier["runs"])
 
 
 if __name__ == "__main__":
     options = parse()
-    result = asyncio.run(main(options))
+    result = resummarize(options.from_runs, options) if options.from_runs else asyncio.run(main(options))
     options.out.parent.mkdir(parents=True, exist_ok=True)
     options.out.write_text(json.dumps(result, indent=2) + "\n")
     options.out.with_suffix(".md").write_text(markdown(result))
