@@ -23,7 +23,6 @@ from server import routes
 from server.admin import Admin
 from server.auth import KeyPolicy
 from server.error_responses import install_error_handlers
-from server.experiments import Experiments
 from server.generation import steer_generation_routes
 from server.metrics import ServerMetrics
 from server.observe import Reasoning, follow_engine_outputs
@@ -31,6 +30,7 @@ from server.state import ServerState
 from server.steering_sources import SteeringSources
 from server.workflow_routes import workflow
 from steering.config import ENDPOINT_PLUGIN_NAME
+from steering.experiments import Experiments
 from steering.extract.jobs import ExtractionJobs
 from steering.settings import SteerserveSettings
 from steering.store.base import VectorStore

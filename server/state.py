@@ -9,10 +9,10 @@ from fastapi import Request
 
 from server.admin import Admin
 from server.auth import KeyPolicy
-from server.experiments import Experiments
 from server.metrics import ServerMetrics
 from server.observe import Reasoning
 from server.steering_sources import SteeringSources
+from steering.experiments import Experiments
 from steering.extract.jobs import ExtractionJobs
 from steering.settings import SteerserveSettings
 from steering.store.cache import CachedRegistry

@@ -15,9 +15,9 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from server.experiments import PREFIX as EXPERIMENT_PREFIX
-from server.experiments import Experiments, pick_arm
 from steering.errors import BadRequestError, ModelNotFoundError, UnknownVectorError
+from steering.experiments import PREFIX as EXPERIMENT_PREFIX
+from steering.experiments import Experiments, pick_arm
 from steering.spec import ResolvedSpec, SteeringTerm
 from steering.store.cache import CachedRegistry
 from steering.vectors import SteeringVector

@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from server.experiments import ExperimentBody
 from server.routes import ERRORS, admin_key, api_key
 from server.state import state_of
 from steering.errors import BadRequestError, NotFoundError
+from steering.experiments import ExperimentBody
 from steering.extract.request import ExtractionRequest
 
 workflow = APIRouter(prefix="/v1/steering", dependencies=[Depends(api_key)], responses=ERRORS)

@@ -22,7 +22,7 @@ from steering.errors import BadRequestError, NotFoundError
 from steering.spec import SteeringTerm
 from steering.store.base import VectorStore
 
-logger = logging.getLogger("steerserve.server")
+logger = logging.getLogger("steerserve.experiments")
 KIND = "experiment"
 PREFIX = "experiment/"
 MAX_ARMS = 8
