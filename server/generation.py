@@ -40,7 +40,7 @@ GENERATION_ROUTES = {
     "/v1/responses": "responses",
     "/v1/messages": "messages",
 }
-OUR_FIELDS = ("steering", "experiment")
+OUR_FIELDS = ("steering", "experiment", "reasoning_budget")
 _STEERING = TypeAdapter(SteeringField)
 Endpoint = Callable[..., Awaitable[Any]]
 
@@ -92,6 +92,17 @@ async def _our_fields(request: Any, raw_request: Request) -> dict[str, Any]:
     return {name: body[name] for name in OUR_FIELDS if name in body}
 
 
+def _budget(kind: str, fields: dict[str, Any], max_model_len: int) -> int | None:
+    budget = fields.get("reasoning_budget")
+    if budget is None:
+        return None
+    if kind != "chat":
+        raise BadRequestError("reasoning_budget is a chat completions field", param="reasoning_budget")
+    if isinstance(budget, bool) or not isinstance(budget, int) or not 1 <= budget <= max_model_len:
+        raise BadRequestError(f"reasoning_budget must be an integer in 1..{max_model_len}", param="reasoning_budget")
+    return budget
+
+
 def _parse(fields: dict[str, Any]) -> tuple[Any, str | None]:
     try:
         steering = _STEERING.validate_python(fields.get("steering"))
@@ -126,11 +137,21 @@ async def handle(kind: str, original: Endpoint, request: Any, raw_request: Reque
     asked = getattr(request, "model", None) or state.served_model
     stack = contextlib.AsyncExitStack()
     try:
-        steering, experiment = _parse(await _our_fields(request, raw_request))
+        fields = await _our_fields(request, raw_request)
+        steering, experiment = _parse(fields)
+        budget = _budget(kind, fields, int(state.engine.max_model_len))
         user = getattr(request, "user", None)
         chosen = await state.sources.for_request(
-            asked, steering, raw_request.headers.get(HEADER), experiment, user if isinstance(user, str) else None
+            asked,
+            steering,
+            raw_request.headers.get(HEADER),
+            experiment,
+            user if isinstance(user, str) else None,
+            budget,
         )
+        backstop = state.sources.budget.backstop_tokens(budget) if budget is not None else None
+        if backstop is not None and getattr(request, "thinking_token_budget", None) is None:
+            request.thinking_token_budget = backstop  # vLLM's hard stop behind the schedule
         if not state.sources.served_by_vllm(asked):
             request.model = state.served_model  # a preset or an experiment: vLLM serves its base model
         admitted = await stack.enter_async_context(state.engine.steered(chosen.spec if chosen.steered else None))

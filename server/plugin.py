@@ -128,6 +128,7 @@ async def build_state(
         served,
         experiments,
         adapters=lambda: tuple(getattr(vllm_models, "lora_requests", {}) or ()),
+        budget=settings.budget_rule(),
     )
     metrics = shared_metrics()
     metrics.track_waiting(lambda: float(engine.admission.waiting))

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from steering.budget import BudgetRule
 from steering.errors import BadRequestError, ModelNotFoundError, UnknownVectorError
 from steering.experiments import PREFIX as EXPERIMENT_PREFIX
 from steering.experiments import Experiments, pick_arm
@@ -94,7 +95,9 @@ class SteeringSources:
         served_model: str,
         experiments: Experiments | None = None,
         adapters: Callable[[], Iterable[str]] = tuple,
+        budget: BudgetRule | None = None,
     ) -> None:
+        self.budget = budget or BudgetRule()
         self.registry = registry
         self.resolver = resolver
         self.served_model = served_model
@@ -112,7 +115,12 @@ class SteeringSources:
         header: str | None,
         experiment: str | None = None,
         user: str | None = None,
+        budget: int | None = None,
     ) -> RequestSteering:
+        if budget is not None and (experiment is not None or model.startswith(EXPERIMENT_PREFIX)):
+            raise BadRequestError(
+                "an experiment chooses the steering: drop 'reasoning_budget'", param="reasoning_budget"
+            )
         if model.startswith(EXPERIMENT_PREFIX):
             named = model[len(EXPERIMENT_PREFIX) :]
             if experiment is not None and experiment != named:
@@ -143,6 +151,9 @@ class SteeringSources:
         if header is not None:
             terms.extend(parse_header(header))
             preset_name = None
+        if budget is not None:
+            terms.extend(await self._budget_terms(budget))
+            preset_name = None
         if not terms:
             return RequestSteering(None, None)
         spec = await self.resolve_terms(terms)
@@ -163,6 +174,16 @@ class SteeringSources:
         arm = pick_arm(name, doc["arms"], user)
         chosen = await self.for_request(self.served_model, _arm_steering(arm["steering"]), None)
         return RequestSteering(chosen.spec, chosen.preset, experiment=name, arm=str(arm["name"]))
+
+    async def _budget_terms(self, budget: int) -> list[SteeringTerm]:
+        preset = await self.registry.preset(self.budget.preset)
+        if preset is None:
+            raise BadRequestError(
+                f"reasoning_budget ramps in the preset {self.budget.preset!r}, which this server does not have "
+                "(set STEERSERVE_BUDGET_PRESET)",
+                param="reasoning_budget",
+            )
+        return self.budget.terms(budget, await self.resolve_terms(list(preset.steering)))
 
     async def resolve_terms(self, terms: list[SteeringTerm]) -> ResolvedSpec:
         try:

@@ -13,6 +13,7 @@ from typing import get_args
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from steering.budget import BudgetRule
 from steering.config import EngineSteeringConfig
 from steering.spec import SteeringLimits
 from steering.vectors import Site
@@ -57,6 +58,25 @@ class SteerserveSettings(BaseSettings):
         default=1024, ge=0, description="Activation rows capturable per step for extraction jobs (0: no capture)."
     )
     max_vector_bytes: int = Field(default=64 * 1024 * 1024, description="Largest vector upload body in bytes.")
+    budget_preset: str = Field(
+        default="reflect-down",
+        description="`reasoning_budget`: the preset whose terms it ramps in (steering.budget).",
+    )
+    budget_lead: float = Field(
+        default=1.0, ge=0, description="`reasoning_budget`: strength from the start, x the preset's strength."
+    )
+    budget_start: float = Field(default=0.0, ge=0, lt=1, description="`reasoning_budget`: the ramp starts at this x B.")
+    budget_scale: float = Field(
+        default=4.0, gt=0, description="`reasoning_budget`: strength reached at B, x the preset's strength."
+    )
+    budget_backstop: float = Field(
+        default=1.5, ge=0, description="`reasoning_budget`: vLLM's thinking budget at this x B (0: no hard stop)."
+    )
+
+    def budget_rule(self) -> BudgetRule:
+        return BudgetRule(
+            self.budget_preset, self.budget_lead, self.budget_start, self.budget_scale, self.budget_backstop
+        )
 
     def engine_config(self) -> EngineSteeringConfig:
         return EngineSteeringConfig(

@@ -16,7 +16,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union, get_args
+from typing import Any, Literal, Union, get_args
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -37,6 +37,26 @@ class TokenPositions(BaseModel):
     tokens: list[Union[int, str]] = Field(min_length=1)
 
 
+class Schedule(BaseModel):
+    """The strength as a function of the request's generated-token count t: piecewise linear through `points`
+    (`[t, strength]`, t strictly increasing), constant before the first point and after the last. For the token
+    whose output is the request's j-th generated token (0-based), t = j; prompt tokens before it have t = 0."""
+
+    model_config = ConfigDict(extra="forbid")
+    by: Literal["generated_tokens"] = "generated_tokens"
+    points: list[tuple[int, float]] = Field(min_length=1, description="[[t, strength], ...], t increasing.")
+
+    @field_validator("points")
+    @classmethod
+    def _check_points(cls, points: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        counts = [t for t, _ in points]
+        if any(t < 0 for t in counts) or any(b <= a for a, b in zip(counts, counts[1:], strict=False)):
+            raise ValueError("token counts must be >= 0 and strictly increasing")
+        if not all(math.isfinite(s) for _, s in points):
+            raise ValueError("strengths must be finite")
+        return points
+
+
 class SteeringTerm(BaseModel):
     """One term of a request's steering; unset fields take the vector's stored defaults."""
 
@@ -50,6 +70,9 @@ class SteeringTerm(BaseModel):
     op: Op | None = None
     site: Site | None = None
     positions: PositionMode | TokenPositions | None = None
+    schedule: Schedule | None = Field(
+        default=None, description="Strength by generated-token count (add and project), instead of `strength`."
+    )
 
     @field_validator("vector")
     @classmethod
@@ -103,6 +126,7 @@ class SteeringLimits:
     max_terms: int = 16
     max_terms_per_site: int = 4
     max_trigger_tokens: int = 8
+    max_schedule_points: int = 8
 
 
 @dataclass(frozen=True)
@@ -118,10 +142,11 @@ class ResolvedTerm:
     site: str
     positions: str
     tokens: tuple[int, ...] = ()
+    schedule: tuple[tuple[int, float], ...] = ()  # (t, strength) points; set: `strength` is 1 (the unit)
     vector: SteeringVector | None = field(default=None, compare=False, repr=False)  # for loading into workers
 
     def canonical(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "sha256": self.sha256,
             "strength": repr(float(self.strength)),
             "layers": list(self.layers),
@@ -130,17 +155,23 @@ class ResolvedTerm:
             "positions": self.positions,
             "tokens": list(self.tokens),
         }
+        if self.schedule:
+            body["schedule"] = [[t, repr(float(s))] for t, s in self.schedule]
+        return body
 
     def describe(self) -> dict[str, Any]:
-        return {
+        body = {
             "vector": self.vector_id,
             "version": self.version,
-            "strength": self.strength,
+            "strength": None if self.schedule else self.strength,
             "layers": list(self.layers),
             "op": self.op,
             "site": self.site,
             "positions": {"tokens": list(self.tokens)} if self.positions == "tokens" else self.positions,
         }
+        if self.schedule:
+            body["schedule"] = {"by": "generated_tokens", "points": [[t, s] for t, s in self.schedule]}
+        return body
 
 
 @dataclass(frozen=True)
@@ -249,13 +280,14 @@ def _resolve_term(
             param=f"{where}.vector",
         )
     defaults = vector.defaults
-    strength = float(term.strength if term.strength is not None else defaults.strength)
+    op = term.op or defaults.op
+    schedule = _resolve_schedule(term, op, limits, where)
+    strength = 1.0 if schedule else float(term.strength if term.strength is not None else defaults.strength)
     if not math.isfinite(strength) or abs(strength) > limits.max_strength:
         raise InvalidSteeringError(
             f"strength must be finite with |strength| <= {limits.max_strength:g}, got {strength!r}",
             param=f"{where}.strength",
         )
-    op = term.op or defaults.op
     site = term.site or defaults.site
     if site not in sites:
         raise InvalidSteeringError(
@@ -270,9 +302,30 @@ def _resolve_term(
             param=f"{where}.layers",
         )
     positions, tokens = _resolve_positions(term.positions or defaults.positions, model, limits, encode, where)
-    if strength == 0.0 and op in ("add", "project"):
+    zero = all(s == 0.0 for _, s in schedule) if schedule else strength == 0.0
+    if zero and op in ("add", "project"):
         return None  # the identity: dropping it lets zero-strength arms share the unsteered cache
-    return ResolvedTerm(vector_id, vector.version, vector.sha256, strength, layers, op, site, positions, tokens, vector)
+    return ResolvedTerm(
+        vector_id, vector.version, vector.sha256, strength, layers, op, site, positions, tokens, schedule, vector
+    )
+
+
+def _resolve_schedule(term: SteeringTerm, op: str, limits: SteeringLimits, where: str) -> tuple[tuple[int, float], ...]:
+    if term.schedule is None:
+        return ()
+    param = f"{where}.schedule"
+    if term.strength is not None:
+        raise InvalidSteeringError("a term takes `strength` or `schedule`, not both", param=param)
+    if op not in ("add", "project"):
+        raise InvalidSteeringError(
+            f"a schedule scales `add` and `project` terms; `{op}` sets a target value", param=param
+        )
+    points = term.schedule.points
+    if len(points) > limits.max_schedule_points:
+        raise InvalidSteeringError(f"at most {limits.max_schedule_points} schedule points", param=param)
+    if any(abs(s) > limits.max_strength for _, s in points):
+        raise InvalidSteeringError(f"schedule strengths must be within ±{limits.max_strength:g}", param=param)
+    return tuple((int(t), float(s)) for t, s in points)
 
 
 def _resolve_layers(

@@ -20,6 +20,7 @@ class TokenLayout:
     is_last_prompt: BoolArray  # the input token is the prompt's last one
     request_index: IntArray  # the token's request, as an index into the step's batch order
     position: IntArray  # the token's position in its sequence
+    generated: IntArray  # t: tokens the request had generated when this token's output is computed (schedules)
 
     @property
     def num_tokens(self) -> int:
@@ -53,4 +54,5 @@ def token_layout(
         is_last_prompt=positions == plen - 1,
         request_index=np.repeat(np.arange(len(counts), dtype=np.int64), counts),
         position=positions,
+        generated=np.maximum(positions - plen + 1, 0),
     )

@@ -75,11 +75,19 @@ class SteeringState:
         k = limits.max_terms_per_site
         with torch.inference_mode(False):
             self.token_slot = torch.zeros(max_tokens, dtype=torch.int64, device=device)
-            self.token_gate = torch.zeros(max_tokens, limits.max_terms, dtype=dtype, device=device)
+            # float32: a scheduled term's gate carries its strength at the token (the op reads it as float32)
+            self.token_gate = torch.zeros(max_tokens, limits.max_terms, dtype=torch.float32, device=device)
             self.term_mode = torch.zeros(rows, limits.max_terms, dtype=torch.int8, device=device)
             self.term_tokens = torch.full(
                 (rows, limits.max_terms, limits.max_trigger_tokens), -1, dtype=torch.int64, device=device
             )
+            # Schedules, per (slot, term): strength(t) = start + sum_k slope_k * clamp(t - knot_k, 0, width_k);
+            # an unscheduled term is start 1 with no segments (its gate stays 0/1)
+            segments = limits.max_schedule_points - 1
+            self.schedule_start = torch.ones(rows, limits.max_terms, dtype=torch.float32, device=device)
+            self.schedule_knot = torch.zeros(rows, limits.max_terms, segments, dtype=torch.float32, device=device)
+            self.schedule_width = torch.zeros(rows, limits.max_terms, segments, dtype=torch.float32, device=device)
+            self.schedule_slope = torch.zeros(rows, limits.max_terms, segments, dtype=torch.float32, device=device)
             self.tables: dict[tuple[int, str], SiteTables] = {
                 (layer, site): SiteTables(
                     directions=torch.zeros(rows, k, hidden_size, dtype=dtype, device=device),
@@ -97,6 +105,7 @@ class SteeringState:
         self.failed: OrderedDict[str, str] = OrderedDict()  # ticket -> why the request could not be steered
         self._known: set[str] = set()
         self._slot_uses_tokens = np.zeros(rows, dtype=bool)
+        self._slot_uses_schedule = np.zeros(rows, dtype=bool)
         self._dirty_tokens = 0
         self._slot_channels: dict[int, dict[tuple[int, str], int]] = {}
         # Eager mode without CUDA graphs may skip unused (layer, site)s; the runner decides at start-up.
@@ -215,6 +224,10 @@ class SteeringState:
         self.term_mode[slot].zero_()
         self.term_tokens[slot].fill_(-1)
         self._slot_uses_tokens[slot] = False
+        self.schedule_start[slot].fill_(1.0)
+        self.schedule_width[slot].zero_()
+        self.schedule_slope[slot].zero_()
+        self._slot_uses_schedule[slot] = False
         self._slot_channels.pop(slot, None)
 
     def _fill_slot(self, slot: int, terms: Sequence[Mapping[str, Any]]) -> bool:
@@ -232,7 +245,9 @@ class SteeringState:
                 tokens = list(term["tokens"])[: limits.max_trigger_tokens]
                 self.term_tokens[slot, index, : len(tokens)] = torch.tensor(tokens, dtype=torch.int64)
                 self._slot_uses_tokens[slot] = True
-            strength = float(term["strength"])
+            if term.get("schedule"):
+                self._fill_schedule(slot, index, [(float(t), float(s)) for t, s in term["schedule"]])
+            strength = float(term["strength"])  # 1 for a scheduled term: its gate carries the strength
             for layer in term["layers"]:
                 tables = self.tables.get((int(layer), term["site"]))
                 if tables is None:
@@ -250,6 +265,14 @@ class SteeringState:
                 tables.term_index[slot, channel] = index
         self._slot_channels[slot] = dict(used)
         return True
+
+    def _fill_schedule(self, slot: int, index: int, points: Sequence[tuple[float, float]]) -> None:
+        self._slot_uses_schedule[slot] = True
+        self.schedule_start[slot, index] = points[0][1]
+        for k, ((t0, s0), (t1, s1)) in enumerate(zip(points, points[1:], strict=False)):
+            self.schedule_knot[slot, index, k] = t0
+            self.schedule_width[slot, index, k] = t1 - t0
+            self.schedule_slope[slot, index, k] = (s1 - s0) / (t1 - t0)
 
     # ---- per step -----------------------------------------------------------------------------------------
     def prepare_step(self, layout: TokenLayout, input_ids: torch.Tensor, req_ids: Sequence[str | None]) -> None:
@@ -284,8 +307,15 @@ class SteeringState:
             triggers = self.term_tokens[slot]  # [n, terms, max_trigger_tokens]
             ids = input_ids[:n].to(torch.int64).view(n, 1, 1)
             gate |= (modes == MODE_TOKENS) & (triggers == ids).any(dim=-1)
+        if self._slot_uses_schedule[layout.slot].any():
+            t = _to_device(layout.generated, self.device).to(torch.float32).view(n, 1, 1)
+            knot, width = self.schedule_knot[slot], self.schedule_width[slot]  # [n, terms, segments]
+            ramp = torch.minimum(torch.clamp(t - knot, min=0.0), width)
+            strength = self.schedule_start[slot] + (self.schedule_slope[slot] * ramp).sum(dim=-1)
+            self.token_gate[:n].copy_(gate * strength)
+        else:
+            self.token_gate[:n].copy_(gate)
         self.token_slot[:n].copy_(slot)
-        self.token_gate[:n].copy_(gate)
         if self._dirty_tokens > n:
             self.token_slot[n : self._dirty_tokens].zero_()
         self._dirty_tokens = n

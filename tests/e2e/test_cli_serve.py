@@ -149,6 +149,19 @@ def test_serve_defaults_persist_vectors_and_exit_cleanly(tmp_path: Path) -> None
         assert message["reasoning"] and "Answer:" in message["content"]  # the toy thinks, then answers
         assert chats["reflect-up"]["steering"]["preset"] == "reflect-up"
         assert chats["steerserve-demo"]["usage"]["completion_tokens_details"]["reasoning_tokens"] > 0
+        budgeted = httpx.post(  # the reflect-down preset ramped in over a budget of 64 thinking tokens
+            f"{url}/v1/chat/completions",
+            timeout=60,
+            json={
+                "model": "steerserve-demo",
+                "messages": [{"role": "user", "content": "37+48-19"}],
+                "max_tokens": 384,
+                "reasoning_budget": 64,
+            },
+        )
+        assert budgeted.status_code == 200, budgeted.text
+        (term,) = budgeted.json()["steering"]["terms"]
+        assert term["schedule"]["points"] == [[0, -0.5], [64, -2.0]] and term["vector"] == "reflection"
         hidden = 256
         data = base64.b64encode(np.ones(hidden, dtype="<f4").tobytes()).decode()
         created = httpx.post(f"{url}/v1/steering/vectors", json={"id": "kept", "layers": {"1": data}})

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from steering.spec import SteeringTerm
+from steering.spec import Schedule, SteeringTerm
 from steering.vectors import SteeringVector
 from tests.e2e.engine_helpers import forcing_direction, random_vector, run
 
@@ -22,7 +22,7 @@ def prompts(count: int, length: int, seed: int) -> list[list[int]]:
 
 
 def mixed_terms(layers: int) -> list[list[SteeringTerm] | None]:
-    """10 requests: 5 unsteered, 5 steered with different configs."""
+    """10 requests: 5 unsteered, 5 steered with different configs (one with a schedule)."""
     return [
         None,
         [SteeringTerm(vector="u", strength=2.0, layers=[1])],
@@ -32,7 +32,11 @@ def mixed_terms(layers: int) -> list[list[SteeringTerm] | None]:
         [SteeringTerm(vector="u", strength=-2.0, layers=[layers - 1], site="attn", positions="generated")],
         [SteeringTerm(vector="w", strength=0.5, op="clamp", positions="last_prompt")],
         None,
-        [SteeringTerm(vector="u", strength=1.0), SteeringTerm(vector="w", strength=3.0, op="project")],
+        [
+            SteeringTerm(vector="u", strength=1.0),
+            SteeringTerm(vector="w", strength=3.0, op="project"),
+            SteeringTerm(vector="u", layers=[0], schedule=Schedule(points=[(0, 0.0), (3, 0.0), (12, 1.5)])),
+        ],
         None,
     ]
 

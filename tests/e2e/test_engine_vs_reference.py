@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from steering.spec import SteeringTerm, TokenPositions
+from steering.spec import Schedule, SteeringTerm, TokenPositions
 from tests.e2e.engine_helpers import Result, random_vector, run
 from tests.steering.hf_reference import RefTerm, reference_logprobs
 
@@ -42,6 +42,7 @@ def _ref_terms(terms: list[SteeringTerm], vectors: dict[str, Any], num_layers: i
                 site=term.site or "residual",
                 positions="tokens" if isinstance(positions, TokenPositions) else (positions or "all"),
                 tokens=tuple(positions.tokens) if isinstance(positions, TokenPositions) else (),  # type: ignore[arg-type]
+                schedule=tuple((int(t), float(v)) for t, v in term.schedule.points) if term.schedule else (),
             )
         )
     return out
@@ -112,3 +113,36 @@ async def test_terms_compose_in_list_order(llama_engine: Any, hf_llama: Any) -> 
     _check(hf_llama, second, _ref_terms(swapped, vectors, layers), "composition swapped")
     assert first.logprobs is not None and second.logprobs is not None
     assert (first.logprobs - second.logprobs).abs().max().item() > 1e-3, "add and project must not commute"
+
+
+async def test_schedules_give_each_token_the_strength_of_its_generated_count(llama_engine: Any, hf_llama: Any) -> None:
+    """A scheduled term's strength at each position equals its formula at that token's t (HF reference with the
+    same per-position strength), in one batch with a fixed-strength term and an unsteered request."""
+    engine = llama_engine
+    hidden, layers = engine.shape.hidden_size, engine.shape.num_layers
+    vectors = {"v": random_vector("v", [1, layers - 1], hidden, scale=0.3, seed=11)}
+    ramp = Schedule(points=[(0, 0.0), (2, 0.0), (5, 2.5)])
+    cases = [
+        [SteeringTerm(vector="v", layers=[1, -1], op="add", site="residual", schedule=ramp)],
+        [
+            SteeringTerm(
+                vector="v", layers=[1], op="project", site="mlp", schedule=Schedule(points=[(1, 3.0), (4, -2.0)])
+            )
+        ],
+        [
+            SteeringTerm(vector="v", layers=[-1], op="add", site="attn", positions="generated", schedule=ramp),
+            SteeringTerm(vector="v", strength=1.0, layers=[1], op="add", site="residual"),
+        ],
+    ]
+    results = await asyncio.gather(
+        run(engine, PROMPT, None, vectors, GENERATED, full_logprobs=True),
+        *(run(engine, PROMPT, terms, vectors, GENERATED, full_logprobs=True) for terms in cases),
+    )
+    baseline, steered = results[0], results[1:]
+    _check(hf_llama, baseline, [], "unsteered neighbour")
+    for terms, result in zip(cases, steered, strict=True):
+        _check(hf_llama, result, _ref_terms(terms, vectors, layers), f"schedule {terms[0].op}/{terms[0].site}")
+    assert steered[0].logprobs is not None and baseline.logprobs is not None
+    upto = len(PROMPT) + 2  # the ramp is 0 until t = 2: the prompt and the first two outputs are unchanged
+    assert torch.allclose(steered[0].logprobs[:upto], baseline.logprobs[:upto], atol=1e-5)
+    assert (steered[0].logprobs[upto:] - baseline.logprobs[upto:]).abs().max().item() > 0.05

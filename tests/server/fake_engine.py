@@ -32,6 +32,7 @@ class FakeEngine:
     max_model_len: int = 64
     seen: list[tuple[str | None, dict[str, Any], str | None]] = field(default_factory=list)  # (model, xargs, salt)
     held: list[str] = field(default_factory=list)  # config hashes admitted, in order
+    requests: list[Any] = field(default_factory=list)  # vLLM's request objects as its handler got them
 
     def resolve(self, terms: list[SteeringTerm], lookup: Any) -> ResolvedSpec:
         return resolve_spec(terms, lookup, self.shape, SteeringLimits(), lambda s: self.tokenizer.encode(s))

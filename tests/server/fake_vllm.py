@@ -73,6 +73,7 @@ def fake_vllm_app(engine: FakeEngine, engine_client: FakeEngineClient) -> FastAP
             error = {"message": f"The model `{request.model}` does not exist.", "type": "NotFoundError"}
             return JSONResponse({"error": {**error, "param": "model", "code": 404}}, status_code=404)
         engine.seen.append((request.model, dict(request.vllm_xargs or {}), request.cache_salt))
+        engine.requests.append(request)
         letter, count = _answer(request)
         usage = {"prompt_tokens": 2, "completion_tokens": count, "total_tokens": 2 + count}
         outputs = engine_client.generate("prompt", (letter, count, bool(request.stream)), "x")

@@ -24,6 +24,24 @@ class RefTerm:
     site: str
     positions: str  # all | prompt | generated | last_prompt | tokens
     tokens: tuple[int, ...] = ()
+    schedule: tuple[tuple[int, float], ...] = ()  # (t, strength): piecewise linear in t, constant outside
+
+
+def term_strength(term: RefTerm, n: int, prompt_len: int) -> torch.Tensor:
+    """The term's strength at each position p: fixed, or its schedule at t = the tokens generated before the
+    output computed at p (max(0, p - prompt_len + 1))."""
+    if not term.schedule:
+        return torch.full((n,), float(term.strength))
+    t = (torch.arange(n) - prompt_len + 1).clamp(min=0).double()
+    counts = torch.tensor([float(c) for c, _ in term.schedule], dtype=torch.float64)
+    values = torch.tensor([float(s) for _, s in term.schedule], dtype=torch.float64)
+    strength = torch.full_like(t, float(values[0]))
+    for k in range(len(counts) - 1):  # interpolate segment by segment; after the last point: its value
+        inside = (t >= counts[k]) & (t <= counts[k + 1])
+        slope = (values[k + 1] - values[k]) / (counts[k + 1] - counts[k])
+        strength = torch.where(inside, values[k] + slope * (t - counts[k]), strength)
+    strength = torch.where(t > counts[-1], values[-1], strength)
+    return strength.float()
 
 
 def position_gate(term: RefTerm, ids: torch.Tensor, prompt_len: int) -> torch.Tensor:
@@ -45,15 +63,17 @@ def position_gate(term: RefTerm, ids: torch.Tensor, prompt_len: int) -> torch.Te
     return mask.to(torch.float32)
 
 
-def apply_term(x: torch.Tensor, v: torch.Tensor, term: RefTerm, gate: torch.Tensor) -> torch.Tensor:
+def apply_term(
+    x: torch.Tensor, v: torch.Tensor, term: RefTerm, gate: torch.Tensor, prompt_len: int = 0
+) -> torch.Tensor:
     r = v / v.norm()
-    s = term.strength
+    s = term_strength(term, x.shape[0], prompt_len).unsqueeze(-1)
     if term.op == "add":
         change = s * v.expand_as(x)
     elif term.op == "project":
         change = s * (x @ r).unsqueeze(-1) * r
     elif term.op == "clamp":
-        change = (s - x @ r).unsqueeze(-1) * r
+        change = (s.squeeze(-1) - x @ r).unsqueeze(-1) * r
     else:
         raise ValueError(term.op)
     return x + gate.unsqueeze(-1) * change
@@ -84,7 +104,8 @@ def reference_logprobs(
             x = tensor[0]
             for term in terms:
                 if term.site == site and layer in term.layers:
-                    x = apply_term(x, term.direction[layer], term, position_gate(term, flat, prompt_len))
+                    gate = position_gate(term, flat, prompt_len)
+                    x = apply_term(x, term.direction[layer], term, gate, prompt_len)
             new = x.unsqueeze(0)
             if isinstance(output, tuple):
                 return (new, *output[1:])

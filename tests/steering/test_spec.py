@@ -186,3 +186,38 @@ def test_a_layer_the_engine_has_no_op_at_is_refused_naming_the_field() -> None:
     with pytest.raises(ValueError):
         EngineSteeringConfig(layers=(SHAPE.num_layers,)).steerable_layers(SHAPE.num_layers)
     assert EngineSteeringConfig.from_dict(EngineSteeringConfig(layers=(1, -1)).to_dict()).layers == (1, -1)
+
+
+SCHEDULE = {"by": "generated_tokens", "points": [[0, 0.0], [300, 0.0], [600, -1.0]]}
+
+
+@pytest.mark.parametrize(
+    "term",
+    [
+        {"vector": "r", "strength": 1.0, "schedule": SCHEDULE},  # strength or schedule
+        {"vector": "r", "op": "clamp", "schedule": SCHEDULE},  # a schedule scales add and project only
+        {"vector": "r", "schedule": {"points": [[i, 0.1] for i in range(9)]}},  # more points than the tables
+        {"vector": "r", "schedule": {"points": [[0, 0.0], [10, 1001.0]]}},  # a strength over the limit
+    ],
+)
+def test_invalid_schedules_name_the_field(term: dict) -> None:  # type: ignore[type-arg]
+    with pytest.raises(InvalidSteeringError) as err:
+        resolve([term], vec())
+    assert err.value.param == "steering[0].schedule"
+
+
+@pytest.mark.parametrize("points", [[[5, 0.0], [5, 1.0]], [[-1, 0.0]], [[0, float("nan")]], []])
+def test_malformed_schedules_are_rejected_at_parse(points: list) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ValidationError):
+        SteeringTerm(vector="r", schedule={"points": points})
+
+
+def test_a_schedule_is_part_of_the_config_and_reported() -> None:
+    scheduled = resolve([{"vector": "r", "schedule": SCHEDULE}], vec())
+    other = resolve([{"vector": "r", "schedule": {"points": [[0, 0.0], [300, 0.0], [601, -1.0]]}}], vec())
+    fixed = resolve([{"vector": "r", "strength": 1.0}], vec())
+    assert len({scheduled.config_hash, other.config_hash, fixed.config_hash}) == 3
+    described = scheduled.describe()["terms"][0]
+    assert described["strength"] is None and described["schedule"]["points"] == [[0, 0.0], [300, 0.0], [600, -1.0]]
+    assert scheduled.engine_payload()["terms"][0]["strength"] == "1.0"  # the unit: the gate carries s(t)
+    assert resolve([{"vector": "r", "schedule": {"points": [[0, 0.0], [9, 0.0]]}}], vec()).is_noop

@@ -168,3 +168,24 @@ def test_capture_rows_follow_requests_positions_and_chunks() -> None:
     mean = np.frombuffer(got["M"]["layers"][1], dtype="<f4")
     assert got["M"]["count"] == 3 and np.allclose(mean, ((hidden[6] + hidden[7] + hidden[0]) / 3 + 1).numpy())
     assert not capture.index.any() and not capture.has_jobs  # index back to row 0; jobs published
+
+
+def test_a_scheduled_terms_gate_is_its_strength_at_the_tokens_generated_count() -> None:
+    state, v = make_state(), vector("v", 3)
+    load(state, v)
+    points = [[2, 0.5], [4, -1.5], [6, -1.0]]
+    state.attach_request("s", payload([{"vector": "v", "positions": "all", "schedule": {"points": points}}], v))
+    state.attach_request("f", payload([{"vector": "v", "strength": 2.0}], v, slot=2))
+    slots = state.slots_for(["s", "f"])
+    # s: prompt of 3, positions 0..9 (t = 0,0,0,1,..,7); f: one decode token
+    layout = token_layout(slots, [10, 1], [0, 7], [3, 3])
+    state.prepare_step(layout, torch.arange(11), ["s", "f"])
+
+    def expected(t: int) -> float:
+        return float(np.interp(t, [p[0] for p in points], [p[1] for p in points]))
+
+    assert layout.generated[:10].tolist() == [0, 0, 0, 1, 2, 3, 4, 5, 6, 7]
+    got = state.token_gate[:10, 0].tolist()
+    assert np.allclose(got, [expected(t) for t in layout.generated[:10]], atol=1e-6), got
+    assert state.token_gate[10, 0].item() == 1.0  # an unscheduled term keeps its 0/1 gate
+    assert state.tables[(1, "residual")].coefficients[int(slots[0]), 0, 0].item() > 0  # unit strength: c = |v|
