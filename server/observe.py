@@ -108,10 +108,6 @@ class Observation:
         self.streams: list[dict[int, Generated]] = []  # one per `generate` call (a prompt of a batch)
         self._described: dict[str, Any] | None = None
 
-    @property
-    def finished(self) -> bool:
-        return self._described is not None
-
     async def follow(self, outputs: AsyncIterator[Any], cumulative: bool = False) -> AsyncIterator[Any]:
         choices: dict[int, Generated] = {}
         self.streams.append(choices)

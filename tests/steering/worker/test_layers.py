@@ -8,9 +8,8 @@ import torch
 from torch import nn
 
 from steering.errors import UnsupportedModelError
+from steering.vectors import SITES
 from steering.worker.layers import decoder_layers, split_residual
-
-ALL_SITES = ("residual", "mlp", "attn")
 
 
 class SplitLayer(nn.Module):
@@ -65,12 +64,12 @@ class PPMissingLayer(nn.Identity):
 
 def test_layers_of_any_class_are_found_in_order_and_other_stages_skipped() -> None:
     layers: list[nn.Module] = [SplitLayer(), PPMissingLayer(), SingleLayer()]
-    found = decoder_layers(CausalLM(layers), ALL_SITES)
+    found = decoder_layers(CausalLM(layers), SITES)
     assert [(i, type(layer)) for i, layer in found] == [(0, SplitLayer), (2, SingleLayer)]
 
 
 def test_the_shallowest_layer_list_is_used_when_model_layers_is_absent() -> None:
-    found = decoder_layers(Multimodal([SplitLayer(), SplitLayer()]), ALL_SITES)
+    found = decoder_layers(Multimodal([SplitLayer(), SplitLayer()]), SITES)
     assert [type(layer) for _, layer in found] == [SplitLayer, SplitLayer]
 
 
@@ -80,14 +79,14 @@ def test_split_residual_is_read_from_the_forward_signature() -> None:
 
 
 def test_attention_under_another_name_is_accepted() -> None:
-    assert decoder_layers(CausalLM([SingleLayer(attn_name="attn")]), ALL_SITES)
+    assert decoder_layers(CausalLM([SingleLayer(attn_name="attn")]), SITES)
 
 
 def test_a_layer_without_what_a_site_needs_is_refused_naming_it() -> None:
     with pytest.raises(UnsupportedModelError, match="no MLP submodule.*site 'mlp'"):
-        decoder_layers(CausalLM([SingleLayer(mlp=False)]), ALL_SITES)
+        decoder_layers(CausalLM([SingleLayer(mlp=False)]), SITES)
     assert decoder_layers(CausalLM([SingleLayer(mlp=False)]), ("residual", "attn"))
     with pytest.raises(UnsupportedModelError, match="no attention submodule"):
-        decoder_layers(CausalLM([SingleLayer(attn_name="mixer")]), ALL_SITES)
+        decoder_layers(CausalLM([SingleLayer(attn_name="mixer")]), SITES)
     with pytest.raises(UnsupportedModelError, match="no decoder layer list"):
-        decoder_layers(nn.Linear(2, 2), ALL_SITES)
+        decoder_layers(nn.Linear(2, 2), SITES)
