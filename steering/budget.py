@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from steering.conditions import Condition, ResolvedCondition
 from steering.spec import ResolvedSpec, Schedule, SteeringTerm, TokenPositions
 
 
@@ -46,9 +47,21 @@ class BudgetRule:
                 site=term.site,  # type: ignore[arg-type]
                 positions=TokenPositions(tokens=list(term.tokens)) if term.positions == "tokens" else term.positions,  # type: ignore[arg-type]
                 schedule=self.schedule(budget, term.strength),
+                condition=_pinned(term.condition),
             )
             for term in preset.terms
         ]
 
     def backstop_tokens(self, budget: int) -> int | None:
         return math.ceil(self.backstop * budget) if self.backstop > 0 else None
+
+
+def _pinned(condition: ResolvedCondition | None) -> Condition | None:
+    if condition is None:
+        return None
+    return Condition(
+        vector=f"{condition.vector_id}@{condition.version}",
+        layer=condition.layer,
+        threshold=condition.threshold,
+        scope=condition.scope,  # type: ignore[arg-type]
+    )

@@ -27,7 +27,8 @@ from steering.config import (
     steering_config_of,
 )
 from steering.errors import SteeringNotAppliedError, UnsupportedModelError
-from steering.spec import ModelShape, ResolvedSpec, SteeringTerm, VectorLookup, resolve_spec
+from steering.spec import ModelShape, ResolvedSpec, SteeringTerm, resolve_spec
+from steering.vectors import VectorLookup
 
 logger = logging.getLogger("steerserve.engine")
 
@@ -183,7 +184,13 @@ class SteeringEngine:
         config = self.steering_config
         assert config is not None
         layers = config.steerable_layers(self.shape.num_layers)
-        return resolve_spec(terms, lookup, self.shape, self.limits, self.encode_single_token, config.sites, layers)
+        parallel = getattr(getattr(self.llm, "vllm_config", None), "parallel_config", None)
+        stages = int(getattr(parallel, "pipeline_parallel_size", 1))
+        # a condition gates later layers through the worker's gate buffer: one stage must hold them all
+        unavailable = f"the engine runs {stages} pipeline stages" if stages > 1 else None
+        return resolve_spec(
+            terms, lookup, self.shape, self.limits, self.encode_single_token, config.sites, layers, unavailable
+        )
 
     async def _confirm_loaded(self, hashes: Iterable[str]) -> None:
         """Every worker now holds these vectors (a request that carried them was steered): later requests name
@@ -220,7 +227,9 @@ class SteeringEngine:
                 self._loaded.move_to_end(sha)  # recently used: evicted last
             try:
                 carried = {
-                    t.sha256: t.vector for t in spec.terms if t.vector is not None and t.sha256 not in self._loaded
+                    sha: vector
+                    for sha, vector in spec.vectors.items()
+                    if vector is not None and sha not in self._loaded
                 }
                 ticket = uuid.uuid4().hex
                 fields = spec.engine_fields(slot, ticket, tuple(carried.values()))

@@ -9,10 +9,12 @@ salting the prefix cache.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import math
 import re
+import uuid
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -21,8 +23,9 @@ from typing import Any, Literal, Union, get_args
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from steering.conditions import Condition, ResolvedCondition, resolve_condition
 from steering.errors import InvalidSteeringError, UnknownVectorError
-from steering.vectors import SITES, Op, PositionMode, Site, SteeringVector
+from steering.vectors import SITES, Op, PositionMode, Site, SteeringVector, VectorLookup
 
 POSITION_MODES: tuple[str, ...] = (*get_args(PositionMode), "tokens")
 
@@ -72,6 +75,9 @@ class SteeringTerm(BaseModel):
     positions: PositionMode | TokenPositions | None = None
     schedule: Schedule | None = Field(
         default=None, description="Strength by generated-token count (add and project), instead of `strength`."
+    )
+    condition: Condition | None = Field(
+        default=None, description="Act only where a probe direction's projection exceeds a threshold."
     )
 
     @field_validator("vector")
@@ -143,6 +149,7 @@ class ResolvedTerm:
     positions: str
     tokens: tuple[int, ...] = ()
     schedule: tuple[tuple[int, float], ...] = ()  # (t, strength) points; set: `strength` is 1 (the unit)
+    condition: ResolvedCondition | None = None
     vector: SteeringVector | None = field(default=None, compare=False, repr=False)  # for loading into workers
 
     def canonical(self) -> dict[str, Any]:
@@ -157,6 +164,8 @@ class ResolvedTerm:
         }
         if self.schedule:
             body["schedule"] = [[t, repr(float(s))] for t, s in self.schedule]
+        if self.condition is not None:
+            body["condition"] = self.condition.canonical()
         return body
 
     def describe(self) -> dict[str, Any]:
@@ -171,6 +180,8 @@ class ResolvedTerm:
         }
         if self.schedule:
             body["schedule"] = {"by": "generated_tokens", "points": [[t, s] for t, s in self.schedule]}
+        if self.condition is not None:
+            body["condition"] = self.condition.describe()
         return body
 
 
@@ -191,7 +202,22 @@ class ResolvedSpec:
 
     @property
     def vector_hashes(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(t.sha256 for t in self.terms))
+        return tuple(self.vectors)
+
+    @property
+    def vectors(self) -> dict[str, SteeringVector | None]:
+        """Every vector the workers need (steering and condition directions), by content hash."""
+        found: dict[str, SteeringVector | None] = {}
+        for term in self.terms:
+            found.setdefault(term.sha256, term.vector)
+            if term.condition is not None:
+                found.setdefault(term.condition.sha256, term.condition.vector)
+        return found
+
+    @property
+    def decides_on_prompt(self) -> bool:
+        """A term's condition reads the whole prompt (scope `prompt`)."""
+        return any(t.condition is not None and t.condition.scope == "prompt" for t in self.terms)
 
     def engine_payload(self) -> dict[str, Any]:
         """The JSON-able form that travels in `SamplingParams.extra_args` (hashes, no names)."""
@@ -216,14 +242,16 @@ class ResolvedSpec:
         return {"steerserve": json.dumps(payload, separators=(",", ":"))}
 
     def cache_salt(self, existing: str | None = None) -> str:
-        """The prefix-cache salt: steered KV is never shared with another config or with unsteered requests."""
-        return f"steer:{self.config_hash}" + (f"|{existing}" if existing else "")
+        """The prefix-cache salt: steered KV is never shared with another config or with unsteered requests. A
+        prompt-scoped condition decides from every prompt token's stream, and what it decided shapes the KV of
+        the tokens after the prompt: such a request shares its cache with no other (a salt of its own)."""
+        own = f":{uuid.uuid4().hex}" if self.decides_on_prompt else ""
+        return f"steer:{self.config_hash}{own}" + (f"|{existing}" if existing else "")
 
     def describe(self) -> dict[str, Any]:
         return {"config_hash": self.config_hash, "terms": [t.describe() for t in self.terms]}
 
 
-VectorLookup = Callable[[str, int | None], SteeringVector]
 TokenEncoder = Callable[[str], list[int]]
 
 
@@ -235,9 +263,11 @@ def resolve_spec(
     encode: TokenEncoder | None = None,
     sites: Sequence[str] = SITES,
     layers: Collection[int] | None = None,
+    conditions_unavailable: str | None = None,
 ) -> ResolvedSpec:
     """Validate `terms` against the registry (`lookup`), the model, `limits` and the sites and `layers` (absolute;
-    None: all) the engine has an op at; raise a `SteerserveError`."""
+    None: all) the engine has an op at (`conditions_unavailable`: why this engine cannot gate terms, or None);
+    raise a `SteerserveError`."""
     if len(terms) > limits.max_terms:
         raise InvalidSteeringError(
             f"at most {limits.max_terms} steering terms are allowed, got {len(terms)}", param="steering"
@@ -245,6 +275,20 @@ def resolve_spec(
     resolved: list[ResolvedTerm] = []
     for index, term in enumerate(terms):
         item = _resolve_term(term, f"steering[{index}]", lookup, model, limits, encode, sites, layers)
+        if item is not None and term.condition is not None:
+            condition = resolve_condition(
+                term.condition,
+                f"steering[{index}]",
+                lookup,
+                parse_vector_ref,
+                model.hidden_size,
+                model.num_layers,
+                item.layers,
+                item.site,
+                layers,
+                conditions_unavailable,
+            )
+            item = dataclasses.replace(item, condition=condition)
         if item is not None:
             resolved.append(item)
     per_site = Counter((layer, t.site) for t in resolved for layer in t.layers)
@@ -253,6 +297,13 @@ def resolve_spec(
             raise InvalidSteeringError(
                 f"{count} terms steer layer {layer} at site {site!r}; at most {limits.max_terms_per_site} "
                 "may share one layer and site",
+                param="steering",
+            )
+    per_layer = Counter(t.condition.layer for t in resolved if t.condition is not None)
+    for layer, count in per_layer.items():
+        if count > limits.max_terms_per_site:
+            raise InvalidSteeringError(
+                f"{count} conditions read layer {layer}; at most {limits.max_terms_per_site} may share one layer",
                 param="steering",
             )
     return ResolvedSpec(tuple(resolved))
@@ -306,7 +357,7 @@ def _resolve_term(
     if zero and op in ("add", "project"):
         return None  # the identity: dropping it lets zero-strength arms share the unsteered cache
     return ResolvedTerm(
-        vector_id, vector.version, vector.sha256, strength, layers, op, site, positions, tokens, schedule, vector
+        vector_id, vector.version, vector.sha256, strength, layers, op, site, positions, tokens, schedule, vector=vector
     )
 
 

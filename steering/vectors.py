@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -19,7 +19,17 @@ Float32Array = npt.NDArray[np.float32]
 Op = Literal["add", "project", "clamp"]
 Site = Literal["residual", "mlp", "attn"]
 PositionMode = Literal["all", "prompt", "generated", "last_prompt"]
+ConditionScope = Literal["token", "prompt"]
 SITES: tuple[str, ...] = get_args(Site)
+
+
+class ConditionDefaults(BaseModel):
+    """What a term's `condition` naming this vector takes when it leaves threshold or scope unset (extraction
+    writes them: the probe's cut on r̂·x per layer, and the scope its rows were pooled for)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    thresholds: dict[int, float] = Field(description="Per layer: θ on r̂·x.")
+    scope: ConditionScope = "token"
 
 
 class VectorDefaults(BaseModel):
@@ -31,6 +41,7 @@ class VectorDefaults(BaseModel):
     site: Site = "residual"
     positions: PositionMode = "all"
     layers: tuple[int, ...] | None = Field(default=None, description="None: every layer the vector covers.")
+    condition: ConditionDefaults | None = Field(default=None, description="Defaults when used as a condition.")
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,9 @@ class SteeringVector:
     def sha256(self) -> str:
         """Content hash over (layer, little-endian float32 bytes), in layer order; names do not enter it."""
         return content_hash(self.layers)
+
+
+VectorLookup = Callable[[str, int | None], "SteeringVector"]  # (id, version or None) -> vector; KeyError if unknown
 
 
 def content_hash(layers: Mapping[int, Float32Array]) -> str:

@@ -99,7 +99,12 @@ class ExtractionJobs:
                 outcome = await run_extraction(self.engine, request, progress)
                 num_layers = self.engine.shape.num_layers
                 layers = sorted({x % num_layers for x in request.layers or [outcome.recommended_layer]})
-                defaults = request.defaults.model_copy(update={"layers": tuple(layers)})
+                defaults = request.defaults.model_copy(
+                    update={
+                        "layers": tuple(layers),
+                        "condition": request.defaults.condition or outcome.condition_defaults(request, layers),
+                    }
+                )
                 record = await self.store.add_vector(
                     request.id,
                     {layer: outcome.directions[layer] for layer in layers},
@@ -116,6 +121,7 @@ class ExtractionJobs:
                     "counts": outcome.counts,
                     "scan": [s.to_json() for s in outcome.scan],
                     "mean_norm": {str(k): v for k, v in outcome.mean_norms.items()},
+                    "condition": defaults.condition.model_dump(mode="json") if defaults.condition else None,
                 }
                 await self._update(job, status="succeeded", stage="done", progress=1.0, result=result)
             except Exception as exc:  # noqa: BLE001 - every failure ends in the job's document

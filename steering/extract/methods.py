@@ -85,6 +85,20 @@ def probe_accuracy(positive: Matrix, negative: Matrix, seed: int = 0, held_out: 
     return float(0.5 * predict(pos_test).mean() + 0.5 * (~predict(neg_test)).mean())
 
 
+def condition_threshold(positive: Matrix, negative: Matrix, vector: Matrix) -> tuple[float, float]:
+    """(θ, balanced accuracy) of the best cut on r̂·x between the classes (positives above): the threshold a
+    term's `condition` on this direction uses. Every midpoint between consecutive sorted projections is tried."""
+    unit = vector / (np.linalg.norm(vector) + 1e-12)
+    pos, neg = positive @ unit, negative @ unit
+    values = np.sort(np.concatenate([pos, neg]))
+    cuts = np.concatenate([[values[0] - 1.0], (values[1:] + values[:-1]) / 2])
+    above_pos = (pos[None, :] > cuts[:, None]).mean(axis=1)
+    below_neg = (neg[None, :] <= cuts[:, None]).mean(axis=1)
+    accuracy = 0.5 * (above_pos + below_neg)
+    best = int(np.argmax(accuracy))
+    return float(cuts[best]), float(accuracy[best])
+
+
 @dataclass(frozen=True)
 class LayerScan:
     layer: int

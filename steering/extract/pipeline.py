@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from steering.extract.methods import LayerScan, direction, recommend_layer, scan_layer
+from steering.extract.methods import LayerScan, condition_threshold, direction, recommend_layer, scan_layer
 from steering.extract.positions import trace_positions
 from steering.extract.request import ExtractionRequest
+from steering.vectors import ConditionDefaults, ConditionScope
 
 Progress = Callable[[str, float], Awaitable[None]]
 CONCURRENCY = 8
@@ -39,6 +40,13 @@ class ExtractionOutcome:
     counts: dict[str, int]
     data_sha256: str
     mean_norms: dict[int, float] = field(default_factory=dict)
+    thresholds: dict[int, tuple[float, float]] = field(default_factory=dict)  # layer -> (θ, balanced accuracy)
+
+    def condition_defaults(self, request: ExtractionRequest, stored_layers: Sequence[int]) -> ConditionDefaults:
+        """The stored vector's condition defaults: θ per stored layer; scope `prompt` when a row is a whole text's
+        mean (what a prompt-scoped condition averages), else `token`."""
+        scope: ConditionScope = "prompt" if request.contrast == "texts" and request.text_pool == "mean" else "token"
+        return ConditionDefaults(thresholds={k: self.thresholds[k][0] for k in stored_layers}, scope=scope)
 
     def provenance(self, request: ExtractionRequest, stored_layers: Sequence[int]) -> dict[str, Any]:
         return {
@@ -51,6 +59,11 @@ class ExtractionOutcome:
             "recommended_layer": self.recommended_layer,
             "scan": [s.to_json() for s in self.scan],
             "mean_norm": {str(k): round(v, 6) for k, v in self.mean_norms.items()},
+            "condition": {
+                str(k): {"threshold": round(t, 6), "balanced_accuracy": round(a, 6)}
+                for k, (t, a) in self.thresholds.items()
+                if k in stored_layers
+            },
             "positions": {"horizon": request.horizon, "delimiter": "\\n\\n"},
             "seed": request.seed,
         }
@@ -203,7 +216,7 @@ async def run_extraction(engine: Any, request: ExtractionRequest, progress: Prog
             "traces need reflection keywords and '\\n\\n'-delimited steps"
         )
     await progress("scanning layers", 0.95)
-    scans, directions, norms = [], {}, {}
+    scans, directions, norms, thresholds = [], {}, {}, {}
     for layer in layers:
         pos = np.stack(positive[layer]).astype(np.float64)
         neg = np.stack(negative[layer]).astype(np.float64)
@@ -211,4 +224,6 @@ async def run_extraction(engine: Any, request: ExtractionRequest, progress: Prog
         scans.append(scan)
         directions[layer] = direction(request.method, pos, neg, request.seed).astype(np.float32)
         norms[layer] = scan.mean_norm
-    return ExtractionOutcome(directions, scans, recommend_layer(scans), counts, data_hash(request, traces), norms)
+        thresholds[layer] = condition_threshold(pos, neg, directions[layer].astype(np.float64))
+    recommended = recommend_layer(scans)
+    return ExtractionOutcome(directions, scans, recommended, counts, data_hash(request, traces), norms, thresholds)

@@ -111,8 +111,9 @@ class CachedRegistry:
     async def vectors_for(self, terms: Sequence[SteeringTerm]) -> dict[tuple[str, int | None], SteeringVector]:
         """Fetch every vector the terms name (KeyError for the first unknown one)."""
         found: dict[tuple[str, int | None], SteeringVector] = {}
-        for term in terms:
-            key = parse_vector_ref(term.vector)
+        refs = [t.vector for t in terms] + [t.condition.vector for t in terms if t.condition is not None]
+        for ref in refs:
+            key = parse_vector_ref(ref)
             if key not in found:
                 found[key] = (await self.vector(*key))[1]
         return found

@@ -25,6 +25,7 @@ from torch import nn
 from steering.errors import UnsupportedModelError
 from steering.worker import ops_triton
 from steering.worker.capture import capture_rows
+from steering.worker.conditions import condition_gate
 from steering.worker.ops import steer_in_place, steered_sum
 from steering.worker.tables import SteeringState
 
@@ -100,6 +101,7 @@ def install(layers: list[tuple[int, nn.Module]], state: SteeringState) -> None:
         if not split and state.capture is not None:
             state.capture.mlp_site = False
         _attach_tables(layer, state, index, ("mlp", "residual") if split else ("residual",))
+        _attach_conditions(layer, state, index)
         if state.capture is not None:
             layer.register_buffer("steer_capture_index", state.capture.index, persistent=False)
             layer.register_buffer("steer_capture_buffer", state.capture.buffers[index], persistent=False)
@@ -140,6 +142,42 @@ def _attach_tables(module: nn.Module, state: SteeringState, layer: int, sites: t
     setattr(module, "_steer_state", state)
 
 
+def _attach_conditions(layer: nn.Module, state: SteeringState, index: int) -> None:
+    tables = state.conditions.tables.get(index)
+    setattr(layer, "_steer_conditions", tables is not None)  # a trace-time constant
+    if tables is None:
+        return
+    conditions = state.conditions
+    layer.register_buffer("steer_prompt_state", conditions.prompt_state, persistent=False)
+    layer.register_buffer("steer_prompt_upto", conditions.prompt_upto, persistent=False)
+    layer.register_buffer("steer_token_meta", conditions.token_meta, persistent=False)
+    layer.register_buffer("steer_condition_directions", tables.directions, persistent=False)
+    layer.register_buffer("steer_condition_threshold", tables.threshold, persistent=False)
+    layer.register_buffer("steer_condition_column", tables.column, persistent=False)
+    layer.register_buffer("steer_condition_scope", tables.scope, persistent=False)
+    layer.register_buffer("steer_condition_count", conditions.count, persistent=False)
+    setattr(layer, "_steer_condition_index", conditions.layer_index[index])
+
+
+def _gate_by_conditions(layer: nn.Module, hidden: torch.Tensor, residual: torch.Tensor | None) -> None:
+    """Multiply the gate columns of terms conditioned on this block's stream (before its own steering)."""
+    condition_gate(
+        getattr(layer, "steer_token_gate"),
+        getattr(layer, "steer_prompt_state"),
+        getattr(layer, "steer_prompt_upto"),
+        hidden,
+        residual,
+        getattr(layer, "steer_token_slot"),
+        getattr(layer, "steer_token_meta"),
+        getattr(layer, "steer_condition_directions"),
+        getattr(layer, "steer_condition_threshold"),
+        getattr(layer, "steer_condition_column"),
+        getattr(layer, "steer_condition_scope"),
+        getattr(layer, "steer_condition_count"),
+        getattr(layer, "_steer_condition_index"),
+    )
+
+
 def _steered(module: nn.Module, site: str, target: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
     """`target` plus the change the steering of `site` makes, computed from the site value `target + extra`."""
     runtime: SteeringState = getattr(module, "_steer_state")
@@ -170,6 +208,8 @@ def _steered(module: nn.Module, site: str, target: torch.Tensor, extra: torch.Te
 
 def _layer_forward(self: nn.Module, base: type, *args: Any, **kwargs: Any) -> Any:
     hidden, residual = getattr(base, "forward")(self, *args, **kwargs)
+    if getattr(self, "_steer_conditions"):
+        _gate_by_conditions(self, hidden, residual)
     sites: tuple[str, ...] = getattr(self, "_steer_sites")
     if "mlp" in sites:
         hidden = _steered(self, "mlp", hidden)
@@ -182,6 +222,8 @@ def _layer_forward(self: nn.Module, base: type, *args: Any, **kwargs: Any) -> An
 
 def _single_layer_forward(self: nn.Module, base: type, *args: Any, **kwargs: Any) -> Any:
     hidden = getattr(base, "forward")(self, *args, **kwargs)
+    if getattr(self, "_steer_conditions"):
+        _gate_by_conditions(self, hidden, None)
     if "residual" in getattr(self, "_steer_sites"):
         hidden = _steered(self, "residual", hidden)
     if getattr(self, "_steer_capture"):

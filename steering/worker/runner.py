@@ -53,6 +53,7 @@ def build_state(runner: Any) -> None:
         max_tokens=int(runner.max_num_tokens) + 64,
         dtype=model_config.dtype,
         device=runner.device,
+        max_requests=int(getattr(runner, "max_num_reqs", 256)),
     )
     state.eager_skip = _runs_eagerly_without_graphs(runner.vllm_config)
     layer_patch.install(layers, state)

@@ -21,6 +21,7 @@ import torch
 
 from steering.config import EngineSteeringConfig
 from steering.worker.capture import CaptureState
+from steering.worker.conditions import KIND_LAST_PROMPT, KIND_PROMPT, ConditionState
 from steering.worker.layout import TokenLayout
 from steering.worker.ops import (
     MODE_ALL,
@@ -63,6 +64,7 @@ class SteeringState:
         max_tokens: int,
         dtype: torch.dtype,
         device: torch.device,
+        max_requests: int = 256,
     ) -> None:
         self.config = config
         self.local_layers = tuple(local_layers)
@@ -75,8 +77,9 @@ class SteeringState:
         k = limits.max_terms_per_site
         with torch.inference_mode(False):
             self.token_slot = torch.zeros(max_tokens, dtype=torch.int64, device=device)
-            # float32: a scheduled term's gate carries its strength at the token (the op reads it as float32)
-            self.token_gate = torch.zeros(max_tokens, limits.max_terms, dtype=torch.float32, device=device)
+            # float32: a scheduled term's gate carries its strength at the token (the op reads it as float32); one
+            # column per term plus a scratch column that unused condition channels write
+            self.token_gate = torch.zeros(max_tokens, limits.max_terms + 1, dtype=torch.float32, device=device)
             self.term_mode = torch.zeros(rows, limits.max_terms, dtype=torch.int8, device=device)
             self.term_tokens = torch.full(
                 (rows, limits.max_terms, limits.max_trigger_tokens), -1, dtype=torch.int64, device=device
@@ -97,6 +100,17 @@ class SteeringState:
                 for layer in self.steerable_layers
                 for site in config.sites
             }
+        self.conditions = ConditionState(
+            self.steerable_layers,
+            rows,
+            k,
+            limits.max_terms + 1,
+            hidden_size,
+            max_tokens,
+            2 * max_requests + 1,
+            dtype,
+            device,
+        )
         self.vectors: dict[str, dict[int, StoredDirection]] = {}
         # the API process's ledger says which slot a request's config is in; this side only fills rows
         self._slot_key: dict[int, str] = {}  # slot -> config hash its row holds
@@ -178,6 +192,9 @@ class SteeringState:
                 self._fail(ticket, "a vector of the config is not loaded in this worker")
                 return
             self._slot_key[slot] = key
+        if self.conditions.slot_decides_on_prompt(slot) and self.conditions.claim_row(req_id) == 0:
+            self._fail(ticket, "no free row for a prompt-scoped condition")
+            return
         self._slot_refs[slot] = self._slot_refs.get(slot, 0) + 1
         self._request_slot[req_id] = slot
 
@@ -197,6 +214,7 @@ class SteeringState:
         self._known.discard(req_id)
         if self.capture is not None:
             self.capture.forget(req_id)
+        self.conditions.park_row(req_id)
         slot = self._request_slot.pop(req_id, None)
         if slot is not None:
             self._slot_refs[slot] -= 1
@@ -229,6 +247,7 @@ class SteeringState:
         self.schedule_slope[slot].zero_()
         self._slot_uses_schedule[slot] = False
         self._slot_channels.pop(slot, None)
+        self.conditions.clear_slot(slot)
 
     def _fill_slot(self, slot: int, terms: Sequence[Mapping[str, Any]]) -> bool:
         self._clear_slot(slot)
@@ -247,6 +266,8 @@ class SteeringState:
                 self._slot_uses_tokens[slot] = True
             if term.get("schedule"):
                 self._fill_schedule(slot, index, [(float(t), float(s)) for t, s in term["schedule"]])
+            if term.get("condition") and not self._fill_condition(slot, index, term["condition"]):
+                return False
             strength = float(term["strength"])  # 1 for a scheduled term: its gate carries the strength
             for layer in term["layers"]:
                 tables = self.tables.get((int(layer), term["site"]))
@@ -266,6 +287,21 @@ class SteeringState:
         self._slot_channels[slot] = dict(used)
         return True
 
+    def _fill_condition(self, slot: int, index: int, condition: Mapping[str, Any]) -> bool:
+        layer = int(condition["layer"])
+        direction = self.vectors.get(condition["sha256"], {}).get(layer)
+        if direction is None:
+            logger.error(
+                "steering: condition vector %s has no layer %d here (term %d)", condition["sha256"], layer, index
+            )
+            return False
+        placed = self.conditions.fill(
+            slot, index, layer, direction.unit, float(condition["threshold"]), str(condition["scope"])
+        )
+        if not placed:
+            logger.error("steering: term %d's condition cannot be placed on layer %d", index, layer)
+        return placed
+
     def _fill_schedule(self, slot: int, index: int, points: Sequence[tuple[float, float]]) -> None:
         self._slot_uses_schedule[slot] = True
         self.schedule_start[slot, index] = points[0][1]
@@ -283,6 +319,7 @@ class SteeringState:
         n = layout.num_tokens
         steered = bool(layout.slot.any())
         self.channel_count.zero_()
+        self.conditions.count.zero_()
         if not steered:
             if self._dirty_tokens:
                 self.token_slot[: self._dirty_tokens].zero_()
@@ -312,9 +349,15 @@ class SteeringState:
             knot, width = self.schedule_knot[slot], self.schedule_width[slot]  # [n, terms, segments]
             ramp = torch.minimum(torch.clamp(t - knot, min=0.0), width)
             strength = self.schedule_start[slot] + (self.schedule_slope[slot] * ramp).sum(dim=-1)
-            self.token_gate[:n].copy_(gate * strength)
+            self.token_gate[:n, :-1].copy_(gate * strength)
         else:
-            self.token_gate[:n].copy_(gate)
+            self.token_gate[:n, :-1].copy_(gate)
+        if self.conditions.prepare_step(layout.slot):
+            rows = np.fromiter((self.conditions.row_of(r) for r in req_ids), dtype=np.int64, count=len(req_ids))
+            kind = layout.is_prompt.astype(np.int64) * KIND_PROMPT
+            kind[layout.is_last_prompt] = KIND_LAST_PROMPT
+            meta = np.stack([rows[layout.request_index], layout.position, kind], axis=1)
+            self.conditions.token_meta[:n].copy_(_to_device(meta, self.device))
         self.token_slot[:n].copy_(slot)
         if self._dirty_tokens > n:
             self.token_slot[n : self._dirty_tokens].zero_()

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from steering.conditions import Condition
 from steering.spec import Schedule, SteeringTerm
 from steering.vectors import SteeringVector
 from tests.e2e.engine_helpers import forcing_direction, random_vector, run
@@ -22,10 +23,10 @@ def prompts(count: int, length: int, seed: int) -> list[list[int]]:
 
 
 def mixed_terms(layers: int) -> list[list[SteeringTerm] | None]:
-    """10 requests: 5 unsteered, 5 steered with different configs (one with a schedule)."""
+    """10 requests: 5 unsteered, 5 steered with different configs (one with a schedule, two conditioned)."""
     return [
         None,
-        [SteeringTerm(vector="u", strength=2.0, layers=[1])],
+        [SteeringTerm(vector="u", strength=2.0, layers=[1], condition=Condition(vector="w", layer=0, threshold=0.0))],
         None,
         [SteeringTerm(vector="w", strength=1.5, layers=[0, 2], op="project", site="mlp")],
         None,
@@ -36,6 +37,12 @@ def mixed_terms(layers: int) -> list[list[SteeringTerm] | None]:
             SteeringTerm(vector="u", strength=1.0),
             SteeringTerm(vector="w", strength=3.0, op="project"),
             SteeringTerm(vector="u", layers=[0], schedule=Schedule(points=[(0, 0.0), (3, 0.0), (12, 1.5)])),
+            SteeringTerm(
+                vector="w",
+                strength=-2.0,
+                layers=[2],
+                condition=Condition(vector="u", layer=1, threshold=-5.0, scope="prompt"),
+            ),
         ],
         None,
     ]

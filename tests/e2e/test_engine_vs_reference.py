@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 import torch
 
+from steering.conditions import Condition
 from steering.spec import Schedule, SteeringTerm, TokenPositions
 from tests.e2e.engine_helpers import Result, random_vector, run
-from tests.steering.hf_reference import RefTerm, reference_logprobs
+from tests.steering.hf_reference import RefCondition, RefTerm, reference_logprobs
 
 pytestmark = pytest.mark.engine
 
@@ -43,9 +44,16 @@ def _ref_terms(terms: list[SteeringTerm], vectors: dict[str, Any], num_layers: i
                 positions="tokens" if isinstance(positions, TokenPositions) else (positions or "all"),
                 tokens=tuple(positions.tokens) if isinstance(positions, TokenPositions) else (),  # type: ignore[arg-type]
                 schedule=tuple((int(t), float(v)) for t, v in term.schedule.points) if term.schedule else (),
+                condition=_ref_condition(term.condition, vectors) if term.condition else None,
             )
         )
     return out
+
+
+def _ref_condition(condition: Condition, vectors: dict[str, Any]) -> RefCondition:
+    assert condition.threshold is not None
+    direction = torch.from_numpy(vectors[condition.vector].layers[condition.layer])
+    return RefCondition(direction, condition.layer, condition.threshold, condition.scope or "token")
 
 
 def _check(model: Any, result: Result, terms: list[RefTerm], label: str) -> float:
@@ -146,3 +154,55 @@ async def test_schedules_give_each_token_the_strength_of_its_generated_count(lla
     upto = len(PROMPT) + 2  # the ramp is 0 until t = 2: the prompt and the first two outputs are unchanged
     assert torch.allclose(steered[0].logprobs[:upto], baseline.logprobs[:upto], atol=1e-5)
     assert (steered[0].logprobs[upto:] - baseline.logprobs[upto:]).abs().max().item() > 0.05
+
+
+def _prompt_projections(model: Any, direction: Any, layer: int) -> torch.Tensor:
+    """r̂·x over the prompt's stream after block `layer`, unsteered (HF)."""
+    with torch.no_grad():
+        states = model(torch.tensor([PROMPT]), output_hidden_states=True).hidden_states[layer + 1][0]
+    unit = torch.from_numpy(direction) / float(torch.from_numpy(direction).norm())
+    return states.float() @ unit
+
+
+async def test_conditions_fire_exactly_where_the_reference_projection_exceeds_theta(
+    llama_engine: Any, hf_llama: Any
+) -> None:
+    """Token- and prompt-scoped conditions on the real engine equal the HF reference gated by the same rule, beside
+    an unsteered request; a condition at a term's own layer reads the stream before that layer's steering."""
+    engine = llama_engine
+    hidden, layers = engine.shape.hidden_size, engine.shape.num_layers
+    vectors = {
+        "v": random_vector("v", [1, 2, layers - 1], hidden, scale=0.3, seed=21),
+        "c": random_vector("c", [1], hidden, scale=1.0, seed=22),
+    }
+    proj = _prompt_projections(hf_llama, vectors["c"].layers[1], 1)
+    ordered = proj.sort().values
+    middle = range(len(ordered) // 4, 3 * len(ordered) // 4)
+    k = max(middle, key=lambda i: float(ordered[i + 1] - ordered[i]))
+    theta = float(ordered[k] + ordered[k + 1]) / 2  # in the widest gap of the middle: no token sits near it
+    by_token = Condition(vector="c", layer=1, threshold=theta)
+    mean, spread = float(proj.mean()), float(proj.std())
+    fires = Condition(vector="c", layer=1, threshold=mean - 0.5 * spread, scope="prompt")
+    never = Condition(vector="c", layer=1, threshold=mean + 0.5 * spread, scope="prompt")
+    cases = [
+        [SteeringTerm(vector="v", strength=1.0, layers=[2, -1], op="add", site="residual", condition=by_token)],
+        [SteeringTerm(vector="v", strength=3.0, layers=[1], op="project", site="mlp", condition=by_token)],
+        [
+            SteeringTerm(vector="v", strength=1.5, layers=[2], op="add", site="attn", condition=fires),
+            SteeringTerm(vector="v", strength=0.5, layers=[1], op="add", site="residual"),
+        ],
+        [SteeringTerm(vector="v", strength=1.5, layers=[2], op="add", site="residual", condition=never)],
+    ]
+    results = await asyncio.gather(
+        run(engine, PROMPT, None, vectors, GENERATED, full_logprobs=True),
+        *(run(engine, PROMPT, terms, vectors, GENERATED, full_logprobs=True) for terms in cases),
+    )
+    baseline, steered = results[0], results[1:]
+    _check(hf_llama, baseline, [], "unsteered neighbour")
+    for i, (terms, result) in enumerate(zip(cases, steered, strict=True)):
+        _check(hf_llama, result, _ref_terms(terms, vectors, layers), f"condition case {i}")
+    assert baseline.logprobs is not None and all(r.logprobs is not None for r in steered)
+    first = int((proj > theta).nonzero()[0])  # before the first token that fires, nothing changes
+    assert torch.allclose(steered[0].logprobs[:first], baseline.logprobs[:first], atol=1e-5)  # type: ignore[index]
+    assert (steered[0].logprobs - baseline.logprobs).abs().max().item() > 0.05  # type: ignore[operator]
+    assert torch.allclose(steered[3].logprobs, baseline.logprobs, atol=1e-5), "a condition that never fires steered"  # type: ignore[arg-type]

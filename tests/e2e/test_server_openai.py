@@ -132,6 +132,16 @@ async def test_new_version_is_used(server: str, llama_engine: Any, tiny_llama: P
             400,
         ),
         ("/v1/completions", {"model": SERVED, "prompt": "x"}, {"X-Steering": "force:abc"}, 400),
+        (  # a condition on a vector that stores no threshold, and none given
+            "/v1/completions",
+            {
+                "model": SERVED,
+                "prompt": "x",
+                "steering": [{"vector": "force", "condition": {"vector": "force", "layer": -1}}],
+            },
+            {},
+            400,
+        ),
         ("/v1/completions", {"model": SERVED, "prompt": "x", "steering": {"vector": "force"}}, {}, 400),
         ("/v1/chat/completions", {"model": "no-such-preset", "messages": [{"role": "user", "content": "x"}]}, {}, 404),
         ("/v1/responses", {"model": SERVED, "input": "x", "steering": [{"vector": "ghost"}]}, {}, 404),
@@ -364,6 +374,22 @@ async def test_extraction_job_and_experiment_over_http(server: str, llama_engine
         assert result["counts"] == {"positive_texts": 12, "negative_texts": 12}
         info = (await http.get("/v1/steering/vectors/tone")).json()
         assert info["provenance"]["method"] == "pca" and info["provenance"]["scan"]
+        # the probe's threshold per stored layer, for mean-pooled texts a prompt-scoped condition
+        condition = info["defaults"]["condition"]
+        assert condition["scope"] == "prompt" and set(condition["thresholds"]) == {"1", str(result["layers"][1])}
+        gated = await http.post(
+            "/v1/completions",
+            json={
+                "model": SERVED,
+                "prompt": "Wait, let me re-check",
+                "max_tokens": 3,
+                "steering": [{"vector": "tone", "layers": [-1], "condition": {"vector": "tone", "layer": 1}}],
+            },
+            headers={"Authorization": "Bearer user-secret"},
+        )
+        assert gated.status_code == 200, gated.text
+        reported = gated.json()["steering"]["terms"][0]["condition"]
+        assert reported == {**reported, "layer": 1, "scope": "prompt", "threshold": condition["thresholds"]["1"]}
         arms = {"arms": [{"name": "off"}, {"name": "on", "steering": [{"vector": "tone", "strength": 0.5}]}]}
         assert (await http.put("/v1/steering/experiments/tone-ab", json=arms)).status_code == 200
     client = AsyncOpenAI(base_url=f"{server}/v1", api_key="user-secret")

@@ -16,6 +16,14 @@ import torch
 
 
 @dataclass(frozen=True)
+class RefCondition:
+    direction: torch.Tensor  # the raw condition vector at `layer`
+    layer: int
+    threshold: float
+    scope: str  # token | prompt
+
+
+@dataclass(frozen=True)
 class RefTerm:
     direction: dict[int, torch.Tensor]  # layer -> raw vector v
     strength: float
@@ -25,6 +33,17 @@ class RefTerm:
     positions: str  # all | prompt | generated | last_prompt | tokens
     tokens: tuple[int, ...] = ()
     schedule: tuple[tuple[int, float], ...] = ()  # (t, strength): piecewise linear in t, constant outside
+    condition: RefCondition | None = None
+
+
+def condition_gate(condition: RefCondition, stream: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    """1.0 where the condition lets its term act, from the stream after block Lc ([n, hidden]): r̂·x > θ per
+    token; or, for scope prompt, the mean of r̂·x over the prompt > θ, for the last prompt token and after."""
+    proj = stream.float() @ (condition.direction / condition.direction.norm()).float()
+    if condition.scope == "token":
+        return (proj > condition.threshold).float()
+    decided = float(proj[:prompt_len].mean() > condition.threshold)
+    return (torch.arange(stream.shape[0]) >= prompt_len - 1).float() * decided
 
 
 def term_strength(term: RefTerm, n: int, prompt_len: int) -> torch.Tensor:
@@ -97,22 +116,46 @@ def reference_logprobs(
     flat = input_ids[0]
     layers = model.model.layers  # type: ignore[union-attr]
     handles = []
+    factors: dict[int, torch.Tensor] = {}  # term -> its condition's gate, set when the forward passes block Lc
+    condition_layers = {t.condition.layer for t in terms if t.condition is not None}
+    held_mlp: dict[int, torch.Tensor] = {}  # a condition layer's MLP output: its mlp terms apply after the condition
+
+    def steer(x: torch.Tensor, layer: int, site: str) -> torch.Tensor:
+        for index, term in enumerate(terms):
+            if term.site == site and layer in term.layers:
+                gate = position_gate(term, flat, prompt_len) * factors.get(index, 1.0)
+                x = apply_term(x, term.direction[layer], term, gate, prompt_len)
+        return x
+
+    def condition_hook(layer: int):  # type: ignore[no-untyped-def]
+        def hook(module, args, output):  # type: ignore[no-untyped-def]
+            stream = (output[0] if isinstance(output, tuple) else output)[0]
+            for index, term in enumerate(terms):
+                if term.condition is not None and term.condition.layer == layer:
+                    factors[index] = condition_gate(term.condition, stream, prompt_len)
+            if layer not in held_mlp:
+                return None
+            mlp = held_mlp.pop(layer)
+            new = (stream + steer(mlp, layer, "mlp") - mlp).unsqueeze(0)
+            return (new, *output[1:]) if isinstance(output, tuple) else new
+
+        return hook
 
     def hook_for(layer: int, site: str):  # type: ignore[no-untyped-def]
         def hook(module, args, output):  # type: ignore[no-untyped-def]
             tensor = output[0] if isinstance(output, tuple) else output
-            x = tensor[0]
-            for term in terms:
-                if term.site == site and layer in term.layers:
-                    gate = position_gate(term, flat, prompt_len)
-                    x = apply_term(x, term.direction[layer], term, gate, prompt_len)
-            new = x.unsqueeze(0)
+            if site == "mlp" and layer in condition_layers:
+                held_mlp[layer] = tensor[0]
+                return None
+            new = steer(tensor[0], layer, site).unsqueeze(0)
             if isinstance(output, tuple):
                 return (new, *output[1:])
             return new
 
         return hook
 
+    for layer in sorted(condition_layers):
+        handles.append(layers[layer].register_forward_hook(condition_hook(layer)))  # before the block's own terms
     used = {(layer, t.site) for t in terms for layer in t.layers}
     for layer, site in sorted(used):
         block = layers[layer]

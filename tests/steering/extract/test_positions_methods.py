@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from steering.extract.methods import diffmean, pca_direction, probe_accuracy, recommend_layer, scan_layer
+from steering.extract.methods import (
+    condition_threshold,
+    diffmean,
+    pca_direction,
+    probe_accuracy,
+    recommend_layer,
+    scan_layer,
+)
 from steering.extract.positions import trace_positions
 from steering.reflection import count_markers, keyword_spans
 
@@ -48,3 +56,19 @@ def test_diffmean_pca_and_scan_find_the_planted_direction() -> None:
     assert strong.probe_accuracy > 0.8 > weak.probe_accuracy > 0.4
     assert recommend_layer([weak, strong]) == 0
     assert 0.45 < probe_accuracy(rng.standard_normal((200, hidden)), rng.standard_normal((200, hidden))) < 0.6
+
+
+def test_condition_threshold_is_the_best_cut_on_the_projection() -> None:
+    rng = np.random.default_rng(3)
+    axis = np.zeros(6)
+    axis[2] = 1.0
+    positive = rng.standard_normal((200, 6)) + 3.0 * axis
+    negative = rng.standard_normal((150, 6)) - 1.0 * axis
+    theta, accuracy = condition_threshold(positive, negative, diffmean(positive, negative))
+    unit = diffmean(positive, negative) / np.linalg.norm(diffmean(positive, negative))
+    measured = 0.5 * ((positive @ unit > theta).mean() + (negative @ unit <= theta).mean())
+    assert accuracy == pytest.approx(measured) and accuracy > 0.95
+    for shifted in (theta - 0.5, theta + 0.5):  # no other cut does better
+        other = 0.5 * ((positive @ unit > shifted).mean() + (negative @ unit <= shifted).mean())
+        assert other <= accuracy
+    assert condition_threshold(negative, positive, diffmean(negative, positive))[1] == pytest.approx(accuracy)

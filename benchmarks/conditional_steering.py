@@ -1,0 +1,243 @@
+"""Reflection-down gated by an "easy problem" probe vs ungated, on the toy demo model, through the real server.
+
+    python benchmarks/conditional_steering.py --items 1000 --label-items 600
+
+1. Labels, on the demo's extraction split (`--label-items` problems, never evaluated): the unsteered model's
+   correctness on one sample (easy = solved).
+2. The condition: an extraction job through the server (`POST /v1/steering/vectors/extract`), a text contrast of
+   the rendered chat prompts, easy vs hard, mean-pooled (so the stored threshold is the probe's cut on the mean
+   of r̂·x over a prompt: scope `prompt`), every layer stored; the gate reads the scan's recommended layer with the
+   stored threshold and scope.
+3. Arms on the held-out eval split (`--items`, common seeds): unsteered; `reflect-down` (the preset, ungated);
+   `gated` (the preset's terms, each with `condition: {vector: easy-probe, layer: Lc}`). A gated request whose
+   condition did not fire is token-identical to its unsteered twin (same seed). `random_gate` is the ungated
+   preset applied to a random share of problems equal to the gate's firing rate (4.), computed from the
+   two paired arms: what a gate that knows nothing would give at that rate.
+4. Where the gate fires, measured in the engine: a witness term (the demo's embedding row of one token, x200, at
+   the last layer: it forces that token) under the same condition, one greedy token per eval prompt through
+   `/v1/completions` on the rendered chat prompt; the gate fired iff the witness token came out (checked
+   ungated: it always does).
+
+Per arm: accuracy and mean completion tokens with 95 % bootstrap CIs over problems, and the accuracy lost per
+100 tokens saved relative to unsteered. The claim being tested: the gated term keeps more accuracy than the
+ungated one per token saved, and more than a random gate at its own firing rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.reasoning_budget import ROUNDS, ci, run_arm  # noqa: E402
+from clients.ab.datasets import Item, demo_items  # noqa: E402
+from clients.client import AsyncSteerClient  # noqa: E402
+from tests.fixtures.processes import demo_server  # noqa: E402
+
+BASE = "steerserve-demo"
+PROBE = "easy-probe"
+WITNESS = "gate-witness"
+WITNESS_TOKEN = 7
+
+
+@functools.cache
+def demo_tokenizer() -> Any:
+    from transformers import AutoTokenizer
+
+    from steering.models import DEMO_DIR
+
+    return AutoTokenizer.from_pretrained(DEMO_DIR)
+
+
+def rendered(prompt: str) -> str:
+    """The prompt as the chat route renders it (what a prompt-scoped condition averages over)."""
+    text: str = demo_tokenizer().apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
+    return text
+
+
+async def build_condition(url: str, labelled: list[Item], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    easy = [rendered(i.prompt) for i, r in zip(labelled, rows, strict=True) if r["correct"]]
+    hard = [rendered(i.prompt) for i, r in zip(labelled, rows, strict=True) if not r["correct"]]
+    async with AsyncSteerClient(url, timeout=600) as client:
+        job = await client.extract(
+            {
+                "id": PROBE,
+                "positive": easy,
+                "negative": hard,
+                "text_pool": "mean",
+                "layers": [0, 1, 2, 3],
+                "description": "demo: prompts the unsteered model solves (easy) vs fails (hard)",
+            }
+        )
+        done = await client.wait_job(job.id, timeout=900)
+        assert done.status == "succeeded", done.error
+        preset = await client.get_preset("reflect-down")
+    result = done.result or {}
+    layer = int(result["recommended_layer"])
+    scan = {int(s["layer"]): s for s in result["scan"]}
+    terms = [
+        {**term.model_dump(mode="json", exclude_none=True), "condition": {"vector": PROBE, "layer": layer}}
+        for term in preset.steering
+    ]
+    return {
+        "easy": len(easy),
+        "hard": len(hard),
+        "layer": layer,
+        "threshold": result["condition"]["thresholds"][str(layer)],
+        "scope": result["condition"]["scope"],
+        "probe_accuracy_held_out": scan[layer]["probe_accuracy"],
+        "terms": terms,
+    }
+
+
+async def gate_fires(url: str, items: list[Item], condition: dict[str, Any] | None) -> list[bool]:
+    """Per item: did the witness token come out (the witness term under `condition`, or ungated)?"""
+    from openai import AsyncOpenAI
+
+    term: dict[str, Any] = {"vector": WITNESS, "strength": 1.0, "layers": [3]}
+    if condition is not None:
+        term["condition"] = condition
+    witness = demo_tokenizer().decode([WITNESS_TOKEN])
+    gate = asyncio.Semaphore(64)
+    async with AsyncOpenAI(base_url=f"{url}/v1", api_key="none", timeout=600) as client:
+
+        async def one(item: Item) -> bool:
+            async with gate:
+                out = await client.completions.create(
+                    model=BASE, prompt=rendered(item.prompt), max_tokens=1, temperature=0.0,
+                    extra_body={"steering": [term]},
+                )  # fmt: skip
+            return out.choices[0].text == witness
+
+        return list(await asyncio.gather(*(one(i) for i in items)))
+
+
+async def push_witness(url: str) -> None:
+    from safetensors.numpy import load_file
+
+    from steering.models import DEMO_DIR
+
+    row = load_file(str(DEMO_DIR / "model.safetensors"))["model.embed_tokens.weight"][WITNESS_TOKEN]
+    async with AsyncSteerClient(url) as client:
+        await client.push_vector(WITNESS, {3: row * 200.0}, description="forces one token (gate witness)")
+
+
+def arm_summary(rows: list[dict[str, Any]], base: list[dict[str, Any]], draws: np.ndarray) -> dict[str, Any]:
+    correct = np.array([r["correct"] for r in rows], dtype=float)
+    tokens = np.array([r["tokens"] for r in rows], dtype=float)
+    lost = np.array([b["correct"] for b in base], dtype=float) - correct
+    saved = np.array([b["tokens"] for b in base], dtype=float) - tokens
+    per_100 = 100 * lost[draws].mean(axis=1) / np.maximum(saved[draws].mean(axis=1), 1e-9)
+    return {
+        "accuracy": ci(correct, draws),
+        "tokens": ci(tokens, draws),
+        "accuracy_lost_per_100_tokens_saved": {
+            "mean": float(100 * lost.mean() / max(saved.mean(), 1e-9)),
+            "ci95": [float(np.quantile(per_100, 0.025)), float(np.quantile(per_100, 0.975))],
+        },
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    def cell(row: dict[str, Any], digits: int = 3) -> str:
+        return f"{row['mean']:.{digits}f} [{row['ci95'][0]:.{digits}f}, {row['ci95'][1]:.{digits}f}]"
+
+    cond = result["condition"]
+    lines = [
+        "# Reflection-down gated by an easy-problem probe (prompt scope) vs ungated, on the toy demo model",
+        "",
+        f"Command: `{result['command']}`",
+        f"{result['items']} held-out problems per arm, common seeds, temperature {result['temperature']}, max "
+        f"{result['max_tokens']} tokens; {result['seconds']} s. 95 % CIs: bootstrap over problems.",
+        f"Condition: extracted from {cond['easy']} easy / {cond['hard']} hard labelled prompts (extraction split); "
+        f"layer {cond['layer']} (held-out probe balanced accuracy {cond['probe_accuracy_held_out']:.3f}), "
+        f"threshold {cond['threshold']:.4f}, scope {cond['scope']}. The gate fired on {result['fired']:.3f} of the "
+        f"eval prompts (in-engine witness; ungated, the witness came out on {result['witness_forced_ungated']:.3f}).",
+        "",
+        "| arm | accuracy | mean tokens | accuracy lost per 100 tokens saved |",
+        "|---|---|---|---|",
+    ]
+    for arm, row in result["arms"].items():
+        lost = row["accuracy_lost_per_100_tokens_saved"]
+        lines.append(
+            f"| {arm} | {cell(row['accuracy'])} | {cell(row['tokens'], 1)} | "
+            + ("-" if arm == "unsteered" else cell(lost))
+            + " |"
+        )
+    lines += ["", f"Paired, gated - reflect-down: {json.dumps(result['gated_minus_ungated'])}", ""]
+    return "\n".join(lines) + "\n"
+
+
+async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    started = time.monotonic()
+    labelled = demo_items(args.label_items, split="extract")
+    label_rows = await run_arm(url, labelled, {}, BASE, args)
+    condition = await build_condition(url, labelled, label_rows)
+    items = demo_items(args.items)
+    draws = np.random.default_rng(0).integers(0, len(items), size=(ROUNDS, len(items)))
+    unsteered = await run_arm(url, items, {}, BASE, args)
+    ungated = await run_arm(url, items, {}, "reflect-down", args)
+    gated = await run_arm(url, items, {"steering": condition["terms"]}, BASE, args)
+    await push_witness(url)
+    forced = await gate_fires(url, items, None)
+    fires = await gate_fires(url, items, condition["terms"][0]["condition"])
+    fired = float(np.mean(fires))
+    rng = np.random.default_rng(1)
+    pick = rng.random(len(items)) < fired  # the ungated preset on a random share `fired` of the problems
+    random_gate = [f if p else u for f, u, p in zip(ungated, unsteered, pick, strict=True)]
+    arms = {
+        "unsteered": arm_summary(unsteered, unsteered, draws),
+        "reflect-down (ungated)": arm_summary(ungated, unsteered, draws),
+        "gated": arm_summary(gated, unsteered, draws),
+        "random_gate (same rate)": arm_summary(random_gate, unsteered, draws),
+    }
+    diff = {
+        key: ci(np.array([float(g[key]) - float(f[key]) for g, f in zip(gated, ungated, strict=True)]), draws)
+        for key in ("correct", "tokens")
+    }
+    return {
+        "command": "python benchmarks/conditional_steering.py " + " ".join(sys.argv[1:]),
+        "items": len(items),
+        "temperature": args.temperature,
+        "max_tokens": args.max_tokens,
+        "seconds": round(time.monotonic() - started, 1),
+        "condition": condition,
+        "fired": fired,
+        "witness_forced_ungated": float(np.mean(forced)),
+        "arms": arms,
+        "gated_minus_ungated": diff,
+        "rows": {"unsteered": unsteered, "ungated": ungated, "gated": gated},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=1000)
+    parser.add_argument("--label-items", type=int, default=600)
+    parser.add_argument("--temperature", type=float, default=0.7, help="the toy's own default")
+    parser.add_argument("--max-tokens", type=int, default=384)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "conditional_steering_demo.json")
+    args = parser.parse_args()
+    with demo_server() as url:
+        result = asyncio.run(measure(url, args))
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
