@@ -9,10 +9,9 @@
    of r̂·x over a prompt: scope `prompt`), every layer stored; the gate reads the scan's recommended layer with the
    stored threshold and scope.
 3. Arms on the held-out eval split (`--items`, common seeds): unsteered; `reflect-down` (the preset, ungated);
-   `gated` (the preset's terms, each with `condition: {vector: easy-probe, layer: Lc}`). A gated request whose
-   condition did not fire is token-identical to its unsteered twin (same seed). `random_gate` is the ungated
-   preset applied to a random share of problems equal to the gate's firing rate (4.), computed from the
-   two paired arms: what a gate that knows nothing would give at that rate.
+   `gated` (the preset's terms, each with `condition: {vector: easy-probe, layer: Lc}`). `random_gate` is the
+   ungated preset applied to a random share of problems equal to the gate's firing rate (4.), in expectation
+   (per problem, the rate's mixture of its two paired outcomes): what a gate that knows nothing would give.
 4. Where the gate fires, measured in the engine: a witness term (the demo's embedding row of one token, x200, at
    the last layer: it forces that token) under the same condition, one greedy token per eval prompt through
    `/v1/completions` on the rendered chat prompt; the gate fired iff the witness token came out (checked
@@ -39,10 +38,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.reasoning_budget import ROUNDS, ci, run_arm  # noqa: E402
+from benchmarks.reasoning_budget import ROUNDS, ci, demo_arguments, run_arm, run_on_demo  # noqa: E402
 from clients.ab.datasets import Item, demo_items  # noqa: E402
 from clients.client import AsyncSteerClient  # noqa: E402
-from tests.fixtures.processes import demo_server  # noqa: E402
 
 BASE = "steerserve-demo"
 PROBE = "easy-probe"
@@ -194,9 +192,11 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
     forced = await gate_fires(url, items, None)
     fires = await gate_fires(url, items, condition["terms"][0]["condition"])
     fired = float(np.mean(fires))
-    rng = np.random.default_rng(1)
-    pick = rng.random(len(items)) < fired  # the ungated preset on a random share `fired` of the problems
-    random_gate = [f if p else u for f, u, p in zip(ungated, unsteered, pick, strict=True)]
+    # the ungated preset on a random share `fired` of the problems, in expectation: per problem the mixture
+    random_gate = [
+        {k: fired * float(f[k]) + (1 - fired) * float(u[k]) for k in ("correct", "tokens")}
+        for f, u in zip(ungated, unsteered, strict=True)
+    ]
     arms = {
         "unsteered": arm_summary(unsteered, unsteered, draws),
         "reflect-down (ungated)": arm_summary(ungated, unsteered, draws),
@@ -223,20 +223,9 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--items", type=int, default=1000)
+    parser = demo_arguments(__doc__, "conditional_steering_demo")
     parser.add_argument("--label-items", type=int, default=600)
-    parser.add_argument("--temperature", type=float, default=0.7, help="the toy's own default")
-    parser.add_argument("--max-tokens", type=int, default=384)
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "conditional_steering_demo.json")
-    args = parser.parse_args()
-    with demo_server() as url:
-        result = asyncio.run(measure(url, args))
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    run_on_demo(parser.parse_args(), measure, markdown)
 
 
 if __name__ == "__main__":

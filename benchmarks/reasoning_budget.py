@@ -20,6 +20,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -169,20 +170,33 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def demo_arguments(doc: str | None, result_name: str) -> argparse.ArgumentParser:
+    """The options of a benchmark that samples the demo model through the server (items, sampling, output)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=1000)
     parser.add_argument("--temperature", type=float, default=0.7, help="the toy's own default")
     parser.add_argument("--max-tokens", type=int, default=384)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "reasoning_budget_demo.json")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / f"{result_name}.json")
+    return parser
+
+
+def run_on_demo(
+    args: argparse.Namespace,
+    measure: Callable[[str, argparse.Namespace], Awaitable[dict[str, Any]]],
+    markdown: Callable[[dict[str, Any]], str],
+) -> None:
+    """Measure against a fresh demo server; write the JSON and its markdown beside it."""
     with demo_server() as url:
         result = asyncio.run(measure(url, args))
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     args.out.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))
+
+
+def main() -> None:
+    run_on_demo(demo_arguments(__doc__, "reasoning_budget_demo").parse_args(), measure, markdown)
 
 
 if __name__ == "__main__":

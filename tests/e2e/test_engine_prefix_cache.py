@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from steering.conditions import Condition
 from steering.spec import SteeringTerm
 from tests.e2e.engine_helpers import random_vector, run
 
@@ -66,3 +67,27 @@ async def test_second_turn_after_generated_only_steering_matches_cold_run(engine
     assert turn2.num_cached_tokens == 0, "turn 2 reused KV computed under turn 1's steering"
     cold = await run(engine, turn2_prompt, None, vectors, 12, cache_salt="cold-turn2")
     assert turn2.token_ids == cold.token_ids
+
+
+async def test_conditioned_terms_share_the_cache_by_token_and_never_by_prompt(llama_engine: Any) -> None:
+    """A token-scoped condition is a function of each token's own prefix: identical requests share their KV. A
+    prompt-scoped one decides from the whole prompt and shapes the KV after it: its requests never share."""
+    engine = llama_engine
+    vectors, _ = _setup(engine)
+    vectors["c"] = random_vector("c", [1], engine.shape.hidden_size, 1.0, 32)
+    prompt = _prompt(404, 300)
+    by_token = [
+        SteeringTerm(vector="p", strength=1.5, layers=[1, 2], condition=Condition(vector="c", layer=1, threshold=0.0))
+    ]
+    first = await run(engine, prompt, by_token, vectors, 8)
+    repeat = await run(engine, prompt, by_token, vectors, 8)
+    cold = await run(engine, prompt, by_token, vectors, 8, cache_salt="cold-conditioned")
+    assert repeat.num_cached_tokens >= 256 and first.token_ids == repeat.token_ids == cold.token_ids
+    whole = Condition(vector="c", layer=1, threshold=-1000.0, scope="prompt")  # fires
+    by_prompt = [SteeringTerm(vector="p", strength=1.5, layers=[1, 2], condition=whole)]
+    once = await run(engine, prompt, by_prompt, vectors, 8)
+    twice = await run(engine, prompt, by_prompt, vectors, 8)
+    assert twice.num_cached_tokens == 0, "a prompt-scoped request reused another request's KV"
+    assert once.token_ids == twice.token_ids
+    plain = await run(engine, prompt, None, vectors, 8)
+    assert once.token_ids != plain.token_ids, "the prompt-scoped condition should have fired"
