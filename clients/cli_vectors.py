@@ -13,7 +13,7 @@ import typer
 from clients.ab.datasets import demo_items, load_items
 from clients.cli_common import DEFAULT_URL, AdminKey, ApiKey, AsJson, BaseUrl, connect, dump, table
 from steering.errors import InvalidSteeringError
-from steering.spec import parse_vector_ref
+from steering.vectors import parse_vector_ref
 
 vectors = typer.Typer(help="Steering vectors.", no_args_is_help=True)
 

@@ -17,14 +17,14 @@ Importable without torch or vLLM.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from steering.errors import InvalidSteeringError, UnknownVectorError
-from steering.vectors import ConditionScope, SteeringVector, VectorLookup
+from steering.vectors import ConditionScope, SteeringVector, VectorLookup, check_vector_ref, parse_vector_ref
 
 
 class Condition(BaseModel):
@@ -37,6 +37,8 @@ class Condition(BaseModel):
         default=None, description="θ on r̂·x; default: the threshold extraction stored with the vector for Lc."
     )
     scope: ConditionScope | None = Field(default=None, description="`token` or `prompt`; default: the vector's.")
+
+    _check_ref = field_validator("vector")(check_vector_ref)
 
     @field_validator("threshold")
     @classmethod
@@ -73,7 +75,6 @@ def resolve_condition(
     condition: Condition,
     where: str,
     lookup: VectorLookup,
-    parse_ref: Callable[[str], tuple[str, int | None]],
     hidden_size: int,
     num_layers: int,
     term_layers: tuple[int, ...],
@@ -85,7 +86,7 @@ def resolve_condition(
     param = f"{where}.condition"
     if allowed is not None:
         raise InvalidSteeringError(f"conditions are not available here: {allowed}", param=param)
-    vector_id, version = parse_ref(condition.vector)
+    vector_id, version = parse_vector_ref(condition.vector)
     try:
         vector = lookup(vector_id, version)
     except KeyError:

@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import re
 import uuid
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
@@ -25,12 +24,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from steering.conditions import Condition, ResolvedCondition, resolve_condition
 from steering.errors import InvalidSteeringError, UnknownVectorError
-from steering.vectors import SITES, Op, PositionMode, Site, SteeringVector, VectorLookup
+from steering.vectors import (
+    SITES,
+    Op,
+    PositionMode,
+    Site,
+    SteeringVector,
+    VectorLookup,
+    check_vector_ref,
+    parse_vector_ref,
+)
 
 POSITION_MODES: tuple[str, ...] = (*get_args(PositionMode), "tokens")
-
-VECTOR_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
-_VECTOR_REF = re.compile(rf"^(?P<id>{VECTOR_ID_PATTERN})(?:@(?P<version>[1-9][0-9]{{0,8}}))?$")
 
 
 class TokenPositions(BaseModel):
@@ -80,12 +85,7 @@ class SteeringTerm(BaseModel):
         default=None, description="Act only where a probe direction's projection exceeds a threshold."
     )
 
-    @field_validator("vector")
-    @classmethod
-    def _check_ref(cls, value: str) -> str:
-        if not _VECTOR_REF.match(value):
-            raise ValueError("must be `<id>` or `<id>@<version>`; ids use letters, digits, '.', '_', '-'")
-        return value
+    _check_ref = field_validator("vector")(check_vector_ref)
 
     @field_validator("strength")
     @classmethod
@@ -93,15 +93,6 @@ class SteeringTerm(BaseModel):
         if value is not None and not math.isfinite(value):
             raise ValueError("must be a finite number")
         return value
-
-
-def parse_vector_ref(ref: str) -> tuple[str, int | None]:
-    """Split `id[@version]`."""
-    match = _VECTOR_REF.match(ref)
-    if match is None:
-        raise InvalidSteeringError(f"invalid vector reference {ref!r}", param="steering.vector")
-    version = match.group("version")
-    return match.group("id"), int(version) if version else None
 
 
 @dataclass(frozen=True)
@@ -280,7 +271,6 @@ def resolve_spec(
                 term.condition,
                 f"steering[{index}]",
                 lookup,
-                parse_vector_ref,
                 model.hidden_size,
                 model.num_layers,
                 item.layers,

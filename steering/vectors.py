@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, get_args
@@ -81,6 +82,26 @@ class SteeringVector:
     def sha256(self) -> str:
         """Content hash over (layer, little-endian float32 bytes), in layer order; names do not enter it."""
         return content_hash(self.layers)
+
+
+VECTOR_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+_VECTOR_REF = re.compile(rf"^(?P<id>{VECTOR_ID_PATTERN})(?:@(?P<version>[1-9][0-9]{{0,8}}))?$")
+
+
+def parse_vector_ref(ref: str) -> tuple[str, int | None]:
+    """Split `id[@version]`."""
+    match = _VECTOR_REF.match(ref)
+    if match is None:
+        raise InvalidSteeringError(f"invalid vector reference {ref!r}", param="steering.vector")
+    version = match.group("version")
+    return match.group("id"), int(version) if version else None
+
+
+def check_vector_ref(value: str) -> str:
+    """A pydantic validator of a vector reference field."""
+    if not _VECTOR_REF.match(value):
+        raise ValueError("must be `<id>` or `<id>@<version>`; ids use letters, digits, '.', '_', '-'")
+    return value
 
 
 VectorLookup = Callable[[str, int | None], "SteeringVector"]  # (id, version or None) -> vector; KeyError if unknown

@@ -198,6 +198,6 @@ class VectorStore(ABC):
 
 
 def referencing_presets(presets: list[Preset], vector_id: str) -> list[str]:
-    from steering.spec import parse_vector_ref
+    from steering.vectors import parse_vector_ref
 
     return sorted(p.name for p in presets if any(parse_vector_ref(t.vector)[0] == vector_id for t in p.steering))

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from steering.errors import StoreUnavailableError
-from steering.spec import SteeringTerm, parse_vector_ref
+from steering.spec import SteeringTerm
 from steering.store.base import Preset, VectorRecord, VectorStore
-from steering.vectors import SteeringVector
+from steering.vectors import SteeringVector, parse_vector_ref
 
 
 @dataclass

@@ -68,7 +68,12 @@ def test_unknown_condition_vector_is_404_and_bad_values_fail_at_parse() -> None:
     with pytest.raises(UnknownVectorError) as caught:
         resolve([term({"vector": "nope", "layer": 1, "threshold": 0.0})], vec("r"))
     assert caught.value.param == "steering[0].condition.vector"
-    for bad in ({"vector": "c", "layer": 1, "threshold": float("nan")}, {"vector": "c", "layer": 1, "scope": "step"}):
+    bad_values = (
+        {"vector": "c", "layer": 1, "threshold": float("nan")},
+        {"vector": "c", "layer": 1, "scope": "step"},
+        {"vector": "c@0", "layer": 1},
+    )
+    for bad in bad_values:
         with pytest.raises(ValidationError):
             Condition.model_validate(bad)
 

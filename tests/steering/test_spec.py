@@ -8,8 +8,8 @@ from pydantic import ValidationError
 
 from steering.config import EngineSteeringConfig
 from steering.errors import InvalidSteeringError, UnknownVectorError
-from steering.spec import ModelShape, SteeringLimits, SteeringTerm, TokenPositions, parse_vector_ref, resolve_spec
-from steering.vectors import SteeringVector, VectorDefaults
+from steering.spec import ModelShape, SteeringLimits, SteeringTerm, TokenPositions, resolve_spec
+from steering.vectors import SteeringVector, VectorDefaults, parse_vector_ref
 
 SHAPE = ModelShape(num_layers=4, hidden_size=8, vocab_size=100)
 
