@@ -38,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.reasoning_budget import ROUNDS, ci, demo_arguments, run_arm, run_on_demo  # noqa: E402
+from benchmarks.reasoning_budget import ROUNDS, ci, demo_arguments, paired, run_arm, run_on_demo  # noqa: E402
 from clients.ab.datasets import Item, demo_items  # noqa: E402
 from clients.client import AsyncSteerClient  # noqa: E402
 
@@ -203,10 +203,7 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
         "gated": arm_summary(gated, unsteered, draws),
         "random_gate (same rate)": arm_summary(random_gate, unsteered, draws),
     }
-    diff = {
-        key: ci(np.array([float(g[key]) - float(f[key]) for g, f in zip(gated, ungated, strict=True)]), draws)
-        for key in ("correct", "tokens")
-    }
+    diff = {key: paired(gated, ungated, key, draws) for key in ("correct", "tokens")}
     return {
         "command": "python benchmarks/conditional_steering.py " + " ".join(sys.argv[1:]),
         "items": len(items),
