@@ -38,7 +38,7 @@ def test_token_scope_gates_each_token_by_its_own_projection_and_leaves_neighbour
     term = {"vector": "v", "layers": [2], "condition": {"vector": "c", "layer": 1, "threshold": 0.1}}
     state.attach_request("a", payload([term, {"vector": "v", "layers": [2]}], v, cond))
     n = _step(state, ["a", "plain"], [6, 3], [0, 0], [6, 3])
-    stream = torch.randn(n, 8)
+    stream = torch.randn(n, 8, generator=torch.Generator().manual_seed(0))
     before = state.token_gate[:n].clone()
     _gate_at(state, 1, stream)
     fired = _projection(cond, 1, stream[:6]) > 0.1
@@ -56,8 +56,8 @@ def test_prompt_scope_decides_on_the_mean_over_a_chunked_prompt_and_holds() -> N
     term = {"vector": "v", "layers": [1], "condition": {"vector": "c", "layer": 1, "threshold": 0.0, "scope": "prompt"}}
     state.attach_request("a", payload([term], v, cond))
     plen = 7
-    streams = torch.randn(plen + 2, 8)
-    streams[:plen] += torch.from_numpy(cond.layers[1] / np.linalg.norm(cond.layers[1])) * 0.5  # the mean fires
+    streams = torch.randn(plen + 2, 8, generator=torch.Generator().manual_seed(1))
+    streams[:plen] += torch.from_numpy(cond.layers[1] / np.linalg.norm(cond.layers[1])) * 3.0  # the mean fires
     gates = []
     for start, count in ((0, 4), (4, 3), (plen, 1), (plen + 1, 1)):  # two prefill chunks, then two decodes
         _step(state, ["a"], [count], [start], [plen])
@@ -84,5 +84,5 @@ def test_prompt_scope_below_threshold_never_steers() -> None:
     }
     state.attach_request("a", payload([term], v, cond))
     n = _step(state, ["a"], [5], [0], [5])
-    _gate_at(state, 0, torch.randn(n, 8))
+    _gate_at(state, 0, torch.randn(n, 8, generator=torch.Generator().manual_seed(2)))
     assert state.token_gate[:n, 0].tolist() == [0.0] * 5
