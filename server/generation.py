@@ -25,14 +25,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
-from pydantic import TypeAdapter, ValidationError
 
 from server.error_responses import error_parts
 from server.observe import CURRENT, Observation
-from server.protocol import SteeringField
 from server.state import state_of
-from server.steering_sources import HEADER, RequestSteering
 from steering.errors import BadRequestError, SteeringNotAppliedError
+from steering.sources import HEADER, RequestSteering, SteeringFields
 
 GENERATION_ROUTES = {
     "/v1/chat/completions": "chat",
@@ -40,8 +38,6 @@ GENERATION_ROUTES = {
     "/v1/responses": "responses",
     "/v1/messages": "messages",
 }
-OUR_FIELDS = ("steering", "experiment", "reasoning_budget")
-_STEERING = TypeAdapter(SteeringField)
 Endpoint = Callable[..., Awaitable[Any]]
 
 
@@ -80,40 +76,20 @@ def _steered_endpoint(original: Endpoint, body_model: Any, kind: str) -> Endpoin
     return endpoint
 
 
-async def _our_fields(request: Any, raw_request: Request) -> dict[str, Any]:
-    """`steering` / `experiment` from the body as sent (vLLM's models drop or only warn about unknown fields)."""
-    body = await raw_request.json()  # Starlette keeps the body FastAPI already read
-    if not isinstance(body, dict):
-        return {}
+async def _our_fields(request: Any, raw_request: Request, kind: str, max_model_len: int) -> SteeringFields:
+    """`steering`, `experiment`, `reasoning_budget` from the body as sent (vLLM's models drop or only warn
+    about unknown fields), validated."""
     extra = getattr(request, "model_extra", None)
-    for name in OUR_FIELDS:
+    for name in SteeringFields.model_fields:
         if extra is not None:
             extra.pop(name, None)
-    return {name: body[name] for name in OUR_FIELDS if name in body}
-
-
-def _budget(kind: str, fields: dict[str, Any], max_model_len: int) -> int | None:
-    budget = fields.get("reasoning_budget")
-    if budget is None:
-        return None
-    if kind != "chat":
+    fields = SteeringFields.of(await raw_request.json())  # Starlette keeps the body FastAPI already read
+    budget = fields.reasoning_budget
+    if budget is not None and kind != "chat":
         raise BadRequestError("reasoning_budget is a chat completions field", param="reasoning_budget")
-    if isinstance(budget, bool) or not isinstance(budget, int) or not 1 <= budget <= max_model_len:
-        raise BadRequestError(f"reasoning_budget must be an integer in 1..{max_model_len}", param="reasoning_budget")
-    return budget
-
-
-def _parse(fields: dict[str, Any]) -> tuple[Any, str | None]:
-    try:
-        steering = _STEERING.validate_python(fields.get("steering"))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        raise BadRequestError(f"steering is invalid: {where}: {first.get('msg')}", param="steering") from None
-    experiment = fields.get("experiment")
-    if experiment is not None and not isinstance(experiment, str):
-        raise BadRequestError("experiment must be a string", param="experiment")
-    return steering, experiment
+    if budget is not None and budget > max_model_len:
+        raise BadRequestError(f"reasoning_budget must be at most {max_model_len}", param="reasoning_budget")
+    return fields
 
 
 def api_error_body(kind: str, exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -137,15 +113,14 @@ async def handle(kind: str, original: Endpoint, request: Any, raw_request: Reque
     asked = getattr(request, "model", None) or state.served_model
     stack = contextlib.AsyncExitStack()
     try:
-        fields = await _our_fields(request, raw_request)
-        steering, experiment = _parse(fields)
-        budget = _budget(kind, fields, int(state.engine.max_model_len))
+        fields = await _our_fields(request, raw_request, kind, int(state.engine.max_model_len))
+        budget = fields.reasoning_budget
         user = getattr(request, "user", None)
         chosen = await state.sources.for_request(
             asked,
-            steering,
+            fields.steering,
             raw_request.headers.get(HEADER),
-            experiment,
+            fields.experiment,
             user if isinstance(user, str) else None,
             budget,
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,41 +20,10 @@ from steering.reflection import ReflectionCount
 
 if TYPE_CHECKING:
     from server.state import ServerState
-    from server.steering_sources import RequestSteering
+    from steering.sources import RequestSteering
 
 logger = logging.getLogger("steerserve.server")
 CURRENT: contextvars.ContextVar[Observation | None] = contextvars.ContextVar("steerserve_observation", default=None)
-
-
-class Reasoning:
-    """The served `--reasoning-parser` (none: every token is content): vLLM's own split and token count."""
-
-    def __init__(self, parser: Any = None) -> None:
-        self.parser = parser
-
-    @classmethod
-    def of(cls, name: str | None, engine_client: Any) -> Reasoning:
-        if not name or engine_client is None:
-            return cls()
-        from vllm.parser import ParserManager
-
-        parser_cls = ParserManager.get_reasoning_parser(name)
-        if parser_cls is None:
-            return cls()
-        return cls(parser_cls(engine_client.renderer.tokenizer, model_config=engine_client.model_config))
-
-    def split(self, text: str, request: Any) -> tuple[str, str]:
-        if self.parser is None:
-            return "", text
-        try:
-            reasoning, content = self.parser.extract_reasoning(text, request)
-        except Exception:  # noqa: BLE001 - a parser that reads chat-only fields, given another API's request
-            logger.debug("the reasoning parser cannot split a %s answer: counted as content", type(request).__name__)
-            return "", text
-        return reasoning or "", content or ""
-
-    def tokens(self, token_ids: Sequence[int]) -> int:
-        return int(self.parser.count_reasoning_tokens(token_ids)) if self.parser is not None else 0
 
 
 @dataclass

@@ -9,7 +9,6 @@ calls that plugin's RPC methods.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from argparse import Namespace
@@ -20,19 +19,21 @@ from fastapi import FastAPI
 from starlette.datastructures import State
 
 from server import routes
-from server.admin import Admin
 from server.auth import KeyPolicy
 from server.error_responses import install_error_handlers
 from server.generation import steer_generation_routes
 from server.metrics import ServerMetrics
-from server.observe import Reasoning, follow_engine_outputs
+from server.observe import follow_engine_outputs
 from server.state import ServerState
-from server.steering_sources import SteeringSources
 from server.workflow_routes import workflow
 from steering.config import ENDPOINT_PLUGIN_NAME
 from steering.experiments import Experiments
 from steering.extract.jobs import ExtractionJobs
+from steering.models import install_model_assets
+from steering.reflection import Reasoning
 from steering.settings import SteerserveSettings
+from steering.sources import SteeringSources
+from steering.store.admin import Admin
 from steering.store.base import VectorStore
 from steering.store.cache import CachedRegistry
 
@@ -92,16 +93,6 @@ def endpoint_plugin() -> SteerserveEndpoints:
     return SteerserveEndpoints()
 
 
-def open_store(settings: SteerserveSettings, namespace: str) -> VectorStore:
-    if settings.redis_url:
-        from steering.store.redis_store import RedisStore
-
-        return RedisStore(settings.redis_url, namespace)
-    from steering.store.embedded import EmbeddedStore
-
-    return EmbeddedStore(Path(settings.data_dir) / "registry.sqlite3", namespace)
-
-
 async def build_state(
     engine_client: Any,
     app_state: State,
@@ -116,7 +107,7 @@ async def build_state(
 
     engine = engine if engine is not None else SteeringEngine.attach(engine_client)
     served = (args.served_model_name or [args.model])[0]
-    store = store if store is not None else open_store(settings, settings.registry_namespace or served)
+    store = store if store is not None else settings.open_store(settings.registry_namespace or served)
     await install_model_assets(store, Path(args.model), engine.shape.fingerprint())
     registry = CachedRegistry(store)
     await registry.start()
@@ -150,28 +141,3 @@ async def build_state(
         ),
         reasoning=Reasoning.of(getattr(args, "reasoning_parser", None), engine_client),
     )
-
-
-async def install_model_assets(store: VectorStore, model_dir: Path, fingerprint: dict[str, Any]) -> None:
-    """A model directory with a `steerserve/` folder (the bundled demo) brings its vectors and presets: they
-    are registered on first start."""
-    from safetensors.numpy import load_file
-
-    from steering.spec import SteeringTerm
-    from steering.store.base import Preset
-    from steering.vectors import VectorDefaults
-
-    meta_path = model_dir / "steerserve" / "reflection.json"
-    if not meta_path.exists():
-        return
-    meta = json.loads(meta_path.read_text())
-    if await store.latest_version(meta["id"]) is None:
-        tensors = load_file(str(model_dir / "steerserve" / "reflection.safetensors"))
-        layers = {int(name.split(".")[1]): values for name, values in tensors.items()}
-        defaults = VectorDefaults.model_validate(meta["defaults"])
-        await store.add_vector(meta["id"], layers, defaults, meta["description"], meta["provenance"], fingerprint)
-        logger.info("registered the model's %r vector", meta["id"])
-    for name, body in meta["presets"].items():
-        if await store.get_preset(name) is None:
-            terms = [SteeringTerm.model_validate(t) for t in body["steering"]]
-            await store.put_preset(Preset(name=name, steering=terms, description=body["description"]))

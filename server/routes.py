@@ -11,10 +11,10 @@ from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFil
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from server.error_responses import ErrorResponse
-from server.protocol import PresetBody, VectorCreated, VectorImport, VectorUpload
 from server.state import state_of
 from steering.errors import BadRequestError, ModelNotFoundError, PayloadTooLargeError
 from steering.models import DEMO_NAME
+from steering.store.admin import PresetBody, VectorCreated, VectorImport, VectorUpload
 from steering.vectors import VectorDefaults
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -72,19 +72,9 @@ async def model(model_id: str, request: Request) -> dict[str, Any]:
     raise ModelNotFoundError(f"model {model_id!r} does not exist", param="model")
 
 
-def _created(record: Any) -> VectorCreated:
-    return VectorCreated(
-        id=record.id,
-        version=record.version,
-        sha256=record.sha256,
-        hidden_size=record.hidden_size,
-        layers=list(record.layers),
-    )
-
-
 @admin.post("/vectors", status_code=201, response_model=VectorCreated, dependencies=[Depends(admin_key)])
 async def create_vector(body: VectorUpload, request: Request) -> VectorCreated:
-    return _created(await state_of(request).admin.add_vector(body))
+    return VectorCreated.of(await state_of(request).admin.add_vector(body))
 
 
 @admin.post("/vectors/import", status_code=201, response_model=VectorCreated, dependencies=[Depends(admin_key)])
@@ -104,7 +94,7 @@ async def import_vector(
         raise BadRequestError(f"defaults must be a JSON object of vector defaults: {exc}", param="defaults") from None
     upload = VectorImport(id=id, format=format, layer=layer, description=description, defaults=parsed)
     data = await file.read()
-    return _created(await state_of(request).admin.import_vector(upload, data))
+    return VectorCreated.of(await state_of(request).admin.import_vector(upload, data))
 
 
 @admin.get("/vectors")

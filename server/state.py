@@ -7,14 +7,14 @@ from typing import Any
 
 from fastapi import Request
 
-from server.admin import Admin
 from server.auth import KeyPolicy
 from server.metrics import ServerMetrics
-from server.observe import Reasoning
-from server.steering_sources import SteeringSources
 from steering.experiments import Experiments
 from steering.extract.jobs import ExtractionJobs
+from steering.reflection import Reasoning
 from steering.settings import SteerserveSettings
+from steering.sources import SteeringSources
+from steering.store.admin import Admin
 from steering.store.cache import CachedRegistry
 
 

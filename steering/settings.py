@@ -8,7 +8,7 @@ plain `vllm serve` path, vLLM's workers (the table sizes). Engine flags are vLLM
 from __future__ import annotations
 
 from pathlib import Path
-from typing import get_args
+from typing import TYPE_CHECKING, get_args
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,6 +17,9 @@ from steering.budget import BudgetRule
 from steering.config import EngineSteeringConfig
 from steering.spec import SteeringLimits
 from steering.vectors import Site
+
+if TYPE_CHECKING:
+    from steering.store.base import VectorStore
 
 ENV_PREFIX = "STEERSERVE_"
 
@@ -86,3 +89,13 @@ class SteerserveSettings(BaseSettings):
             layers=tuple(self.steering_layers),
             capture_tokens=self.capture_tokens,
         )
+
+    def open_store(self, namespace: str) -> VectorStore:
+        """Redis when `redis_url` is set, else the embedded store in `data_dir`."""
+        if self.redis_url:
+            from steering.store.redis_store import RedisStore
+
+            return RedisStore(self.redis_url, namespace)
+        from steering.store.embedded import EmbeddedStore
+
+        return EmbeddedStore(Path(self.data_dir) / "registry.sqlite3", namespace)

@@ -13,8 +13,9 @@ import pytest
 from vllm.sampling_params import RequestOutputKind, SamplingParams
 
 from server.metrics import ServerMetrics
-from server.observe import Observation, Reasoning, follow_engine_outputs
-from server.steering_sources import RequestSteering
+from server.observe import Observation, follow_engine_outputs
+from steering.reflection import Reasoning
+from steering.sources import RequestSteering
 
 THINK = "<think>Wait, re-check.</think>Answer: 4, wait"
 

@@ -2,8 +2,9 @@
 
 Three ways, one semantics: the body field `steering` (terms, or a preset name), `model` naming a preset, and
 the `X-Steering` header (`id[@version][:strength],...`). A preset named by `model` comes first, then the body
-or header terms. Body and header together are refused. Everything is validated here, in the API process,
-before the engine sees the request.
+or header terms. Body and header together are refused. An experiment (`experiment`, or `model:
+experiment/<name>`) picks the steering of one of its arms; `reasoning_budget` adds the budget schedule's terms.
+Everything is validated here, in the API process, before the engine sees the request.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Union
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from steering.budget import BudgetRule
 from steering.errors import BadRequestError, ModelNotFoundError, UnknownVectorError
@@ -24,6 +25,27 @@ from steering.store.cache import CachedRegistry
 from steering.vectors import SteeringVector
 
 HEADER = "x-steering"
+SteeringField = Union[list[SteeringTerm], str, None]  # a request's `steering`: terms, or a preset name
+
+
+class SteeringFields(BaseModel):
+    """steerserve's fields of a generation request's body, beside the API's own."""
+
+    model_config = ConfigDict(extra="ignore")
+    steering: SteeringField = None
+    experiment: str | None = None
+    reasoning_budget: int | None = Field(default=None, ge=1, strict=True)
+
+    @classmethod
+    def of(cls, body: Any) -> SteeringFields:
+        """The fields of a request body, or a 400 naming the first bad one."""
+        try:
+            return cls.model_validate(body if isinstance(body, dict) else {})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = [str(p) for p in first.get("loc", ())]
+            message = f"{'.'.join(loc)}: {first.get('msg')}"
+            raise BadRequestError(f"{loc[0]} is invalid: {message}", param=loc[0]) from None
 
 
 class SpecResolver(Protocol):

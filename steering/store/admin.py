@@ -1,21 +1,68 @@
-"""Vector and preset administration: validation against the served model, then one atomic store write."""
+"""Vector and preset administration: validation against the served model, then one atomic store write.
+
+The bodies of the registry's write routes are declared here too (pydantic; the HTTP routes are `server.routes`).
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
-from server.protocol import PresetBody, VectorImport, VectorUpload
-from server.steering_sources import SteeringSources
 from steering import vector_formats
 from steering.errors import BadRequestError, InvalidSteeringError, NotFoundError
-from steering.spec import ModelShape
+from steering.sources import SteeringSources
+from steering.spec import ModelShape, SteeringTerm
 from steering.store.base import Preset, VectorRecord, check_name
 from steering.store.cache import CachedRegistry
 from steering.vectors import Float32Array, VectorDefaults
+
+
+class VectorUpload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    layers: dict[str, str] = Field(min_length=1, description="layer index -> base64 little-endian float32")
+    description: str = Field(default="", max_length=4096)
+    defaults: VectorDefaults | None = None
+    provenance: dict[str, Any] = Field(default_factory=dict)
+
+
+class VectorImport(BaseModel):
+    """The form fields of `POST /v1/steering/vectors/import` besides the file."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    format: Literal["safetensors", "gguf", "npy"] | None = Field(default=None, description="default: detected")
+    layer: int | None = Field(default=None, description="the layer of a 1-D .npy array")
+    description: str = Field(default="", max_length=4096)
+    defaults: VectorDefaults | None = None
+
+
+class VectorCreated(BaseModel):
+    id: str
+    version: int
+    sha256: str
+    hidden_size: int
+    layers: list[int]
+
+    @classmethod
+    def of(cls, record: VectorRecord) -> VectorCreated:
+        return cls(
+            id=record.id,
+            version=record.version,
+            sha256=record.sha256,
+            hidden_size=record.hidden_size,
+            layers=list(record.layers),
+        )
+
+
+class PresetBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    steering: list[SteeringTerm] = Field(min_length=1)
+    description: str = Field(default="", max_length=4096)
 
 
 def decode_upload(body: VectorUpload, shape: ModelShape) -> dict[int, Float32Array]:
