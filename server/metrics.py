@@ -18,54 +18,45 @@ LABELS = ("steered", "preset")
 
 class ServerMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
-        def hist(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
-            return Histogram(name, doc, LABELS, buckets=buckets, registry=registry)
+        def hist(name: str, doc: str, buckets: tuple[float, ...], labels: tuple[str, ...] = LABELS) -> Histogram:
+            return Histogram(name, doc, labels, buckets=buckets, registry=registry)
 
+        def counter(name: str, doc: str, labels: tuple[str, ...] = LABELS) -> Counter:
+            return Counter(name, doc, labels, registry=registry)
+
+        arm = ("preset", "arm")
         self.e2e = hist("steerserve:e2e_request_latency_seconds", "End-to-end request latency.", LATENCY_BUCKETS)
         self.ttft = hist("steerserve:time_to_first_token_seconds", "Time to the first token.", LATENCY_BUCKETS)
         self.itl = hist("steerserve:inter_token_latency_seconds", "Time between output tokens.", TOKEN_LATENCY_BUCKETS)
-        self.prompt_tokens = Counter("steerserve:prompt_tokens", "Prompt tokens processed.", LABELS, registry=registry)
-        self.generation_tokens = Counter("steerserve:generation_tokens", "Tokens generated.", LABELS, registry=registry)
-        self.requests = Counter(
-            "steerserve:requests", "Finished requests by outcome.", (*LABELS, "status"), registry=registry
-        )
-        self.not_steered = Counter(
+        self.prompt_tokens = counter("steerserve:prompt_tokens", "Prompt tokens processed.")
+        self.generation_tokens = counter("steerserve:generation_tokens", "Tokens generated.")
+        self.requests = counter("steerserve:requests", "Finished requests by outcome.", (*LABELS, "status"))
+        self.not_steered = counter(
             "steerserve:requests_not_steered",
             "Steered requests a worker could not steer (slot or vector mismatch): failed with an error.",
-            registry=registry,
+            (),
         )
-        self.running = Gauge("steerserve:num_requests_running", "Requests in the engine.", registry=registry)
+        self.running = Gauge(
+            "steerserve:num_requests_running", "Generation requests in flight in this API process.", registry=registry
+        )
         self.waiting = Gauge(
             "steerserve:num_requests_waiting", "Requests waiting for a steering slot.", registry=registry
         )
-        arm = ("preset", "arm")
-        self.responses = Counter(
-            "steerserve:responses",
-            "Finished responses (choices), by preset and experiment arm.",
-            arm,
-            registry=registry,
+        self.responses = counter("steerserve:responses", "Finished responses (choices), by preset and arm.", arm)
+        self.responses_with_reflection = counter(
+            "steerserve:responses_with_reflection", "Responses with at least one reflection keyword.", arm
         )
-        self.responses_with_reflection = Counter(
-            "steerserve:responses_with_reflection",
-            "Responses with at least one reflection keyword.",
-            arm,
-            registry=registry,
-        )
-        self.reflection_markers = Counter(
+        self.reflection_markers = counter(
             "steerserve:reflection_markers",
             "Reflection keywords in responses, inside (reasoning) and outside (content) the thinking section.",
             (*arm, "section"),
-            registry=registry,
         )
-        self.reasoning_tokens = Counter(
-            "steerserve:reasoning_tokens", "Tokens inside thinking sections.", arm, registry=registry
-        )
-        self.completion_tokens_per_response = Histogram(
+        self.reasoning_tokens = counter("steerserve:reasoning_tokens", "Tokens inside thinking sections.", arm)
+        self.completion_tokens_per_response = hist(
             "steerserve:completion_tokens_per_response",
             "Completion tokens of one response (choice).",
+            (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768),
             arm,
-            buckets=(8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768),
-            registry=registry,
         )
         self._registry = registry
         self._stats: Callable[[], Any] | None = None

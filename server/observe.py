@@ -76,6 +76,7 @@ class Observation:
         self.prompt_tokens = 0
         self.streams: list[dict[int, Generated]] = []  # one per `generate` call (a prompt of a batch)
         self._described: dict[str, Any] | None = None
+        state.metrics.running.inc()  # until `finish`
 
     async def follow(self, outputs: AsyncIterator[Any], cumulative: bool = False) -> AsyncIterator[Any]:
         choices: dict[int, Generated] = {}
@@ -118,6 +119,7 @@ class Observation:
         if self._described is not None:
             return self._described
         chosen, m, reasoning = self.chosen, self.state.metrics, self.state.reasoning
+        m.running.dec()
         labels = ("true" if chosen.steered else "false", chosen.label)
         latency = time.perf_counter() - self.started
         choices = [g for stream in self.streams for _, g in sorted(stream.items())]

@@ -114,3 +114,16 @@ def test_reasoning_tokens_are_vllms_count() -> None:
     reasoning = Reasoning.of("deepseek_r1", Client([]))
     assert reasoning.tokens([1, 5, 5, 2, 6]) == 2
     assert reasoning.split(THINK, None) == ("Wait, re-check.", "Answer: 4, wait")
+
+
+def test_a_request_is_running_from_its_observation_until_it_finishes_once() -> None:
+    metrics = ServerMetrics(registry=__import__("prometheus_client").CollectorRegistry())
+    state = SimpleNamespace(metrics=metrics, reasoning=Reasoning(), experiments=Tallies())
+    first = Observation(state, RequestSteering(None), "chat", 0.0)  # type: ignore[arg-type]
+    second = Observation(state, RequestSteering(None), "chat", 0.0)  # type: ignore[arg-type]
+    assert metrics.running._value.get() == 2
+    first.finish("success")
+    first.finish("success")  # the stream's end and its error path may both finish it: counted once
+    assert metrics.running._value.get() == 1
+    second.finish("aborted")
+    assert metrics.running._value.get() == 0
