@@ -43,9 +43,9 @@ class SteeringFields(BaseModel):
             return cls.model_validate(body if isinstance(body, dict) else {})
         except ValidationError as exc:
             first = exc.errors()[0]
-            loc = [str(p) for p in first.get("loc", ())]
-            message = f"{'.'.join(loc)}: {first.get('msg')}"
-            raise BadRequestError(f"{loc[0]} is invalid: {message}", param=loc[0]) from None
+            field, *where = [str(p) for p in first.get("loc", ())]
+            at = f" at {'.'.join(where)}" if where else ""
+            raise BadRequestError(f"{field} is invalid{at}: {first.get('msg')}", param=field) from None
 
 
 class SpecResolver(Protocol):
