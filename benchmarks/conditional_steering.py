@@ -20,6 +20,13 @@
 Per arm: accuracy and mean completion tokens with 95 % bootstrap CIs over problems, and the accuracy lost per
 100 tokens saved relative to unsteered. The claim being tested: the gated term keeps more accuracy than the
 ungated one per token saved, and more than a random gate at its own firing rate.
+
+`--probe step` (results in conditional_steering_demo_step.*): a token-scoped "this step is right" probe instead.
+Labels come from the unsteered model's own traces on the extraction split (raw completions of the rendered
+prompts): every step line `a±b=c` followed by its delimiter `\n\n` is a row, its text the prompt and the trace up
+to that delimiter, pooled at its last token (so the stored scope is `token`); right (c = a±b) vs slipped. The
+reflect-down preset acts at the delimiters; gated by this probe it acts after steps the model's own state reads
+as right, and leaves the re-check after a slip. No random-gate arm here (a per-token gate has no per-problem rate).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import argparse
 import asyncio
 import functools
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -38,8 +46,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.reasoning_budget import ROUNDS, ci, demo_arguments, paired, run_arm, run_on_demo  # noqa: E402
+from benchmarks.reasoning_budget import (  # noqa: E402
+    ROUNDS,
+    ci,
+    demo_arguments,
+    paired,
+    result_header,
+    run_arm,
+    run_on_demo,
+)
 from clients.ab.datasets import Item, demo_items  # noqa: E402
+from clients.ab.runner import sample_seed  # noqa: E402
 from clients.client import AsyncSteerClient  # noqa: E402
 
 BASE = "steerserve-demo"
@@ -65,21 +82,24 @@ def rendered(prompt: str) -> str:
     return text
 
 
-async def build_condition(url: str, labelled: list[Item], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    easy = [rendered(i.prompt) for i, r in zip(labelled, rows, strict=True) if r["correct"]]
-    hard = [rendered(i.prompt) for i, r in zip(labelled, rows, strict=True) if not r["correct"]]
+async def build_condition(
+    url: str, positive: list[str], negative: list[str], pool: str, description: str
+) -> dict[str, Any]:
+    """An extraction job (positive vs negative texts, every layer), then the preset's terms gated by its vector at
+    the scan's recommended layer with the stored threshold and scope."""
     async with AsyncSteerClient(url, timeout=600) as client:
         job = await client.extract(
             {
                 "id": PROBE,
-                "positive": easy,
-                "negative": hard,
-                "text_pool": "mean",
+                "positive": positive,
+                "negative": negative,
+                "text_pool": pool,
                 "layers": [0, 1, 2, 3],
-                "description": "demo: prompts the unsteered model solves (easy) vs fails (hard)",
+                "max_positions": 100_000,
+                "description": description,
             }
         )
-        done = await client.wait_job(job.id, timeout=900)
+        done = await client.wait_job(job.id, timeout=1800)
         assert done.status == "succeeded", done.error
         preset = await client.get_preset("reflect-down")
     result = done.result or {}
@@ -90,14 +110,58 @@ async def build_condition(url: str, labelled: list[Item], rows: list[dict[str, A
         for term in preset.steering
     ]
     return {
-        "easy": len(easy),
-        "hard": len(hard),
+        "positive": len(positive),
+        "negative": len(negative),
         "layer": layer,
         "threshold": result["condition"]["thresholds"][str(layer)],
         "scope": result["condition"]["scope"],
         "probe_accuracy_held_out": scan[layer]["probe_accuracy"],
         "terms": terms,
     }
+
+
+async def prompt_condition(url: str, labelled: list[Item], args: argparse.Namespace) -> dict[str, Any]:
+    """Easy (solved by the unsteered model) vs hard prompts, mean-pooled: a prompt-scoped probe."""
+    rows = await run_arm(url, labelled, {}, BASE, args)
+    easy = [rendered(i.prompt) for i, r in zip(labelled, rows, strict=True) if r["correct"]]
+    hard = [rendered(i.prompt) for i, r in zip(labelled, rows, strict=True) if not r["correct"]]
+    description = "demo: prompts the unsteered model solves (easy) vs fails (hard)"
+    return await build_condition(url, easy, hard, "mean", description)
+
+
+STEP = re.compile(r"(?m)^(\d+)([+-])(\d+)=(\d+)[^\n]*\n\n")
+
+
+def step_rows(prompt: str, completion: str) -> list[tuple[str, bool]]:
+    """(prompt + trace up to a step's delimiter, whether that step is right) for every step line of a trace."""
+    rows = []
+    for m in STEP.finditer(completion):
+        a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+        rows.append((prompt + completion[: m.end()], (a + b if op == "+" else a - b) == c))
+    return rows
+
+
+async def step_condition(url: str, labelled: list[Item], args: argparse.Namespace) -> dict[str, Any]:
+    """Right vs slipped steps of the unsteered model's own traces, at each step's delimiter: a token-scoped probe."""
+    from openai import AsyncOpenAI
+
+    gate = asyncio.Semaphore(args.concurrency)
+    async with AsyncOpenAI(base_url=f"{url}/v1", api_key="none", timeout=600) as client:
+
+        async def one(item: Item) -> list[tuple[str, bool]]:
+            prompt = rendered(item.prompt)
+            async with gate:
+                out = await client.completions.create(
+                    model=BASE, prompt=prompt, max_tokens=args.max_tokens, temperature=args.temperature,
+                    seed=sample_seed(item, 0, args.seed), extra_body={"skip_special_tokens": False},
+                )  # fmt: skip
+            return step_rows(prompt, out.choices[0].text)
+
+        rows = [row for rows in await asyncio.gather(*(one(i) for i in labelled)) for row in rows]
+    right = [text for text, ok in rows if ok]
+    slipped = [text for text, ok in rows if not ok]
+    description = "demo: the model's own step lines, right vs slipped, at the step's delimiter"
+    return await build_condition(url, right, slipped, "last", description)
 
 
 async def gate_fires(url: str, items: list[Item], condition: dict[str, Any] | None) -> list[bool]:
@@ -153,16 +217,25 @@ def markdown(result: dict[str, Any]) -> str:
         return f"{row['mean']:.{digits}f} [{row['ci95'][0]:.{digits}f}, {row['ci95'][1]:.{digits}f}]"
 
     cond = result["condition"]
+    step = result.get("probe") == "step"
+    rows = "right / {} slipped step delimiters" if step else "easy / {} hard prompts"
     lines = [
-        "# Reflection-down gated by an easy-problem probe (prompt scope) vs ungated, on the toy demo model",
+        "# Reflection-down gated by "
+        + ("a right-step probe (token scope)" if step else "an easy-problem probe (prompt scope)")
+        + " vs ungated, on the toy demo model",
         "",
         f"Command: `{result['command']}`",
         f"{result['items']} held-out problems per arm, common seeds, temperature {result['temperature']}, max "
         f"{result['max_tokens']} tokens; {result['seconds']} s. 95 % CIs: bootstrap over problems.",
-        f"Condition: extracted from {cond['easy']} easy / {cond['hard']} hard labelled prompts (extraction split); "
+        f"Condition: extracted from {cond['positive']} {rows.format(cond['negative'])} (extraction split); "
         f"layer {cond['layer']} (held-out probe balanced accuracy {cond['probe_accuracy_held_out']:.3f}), "
-        f"threshold {cond['threshold']:.4f}, scope {cond['scope']}. The gate fired on {result['fired']:.3f} of the "
-        f"eval prompts (in-engine witness; ungated, the witness came out on {result['witness_forced_ungated']:.3f}).",
+        f"threshold {cond['threshold']:.4f}, scope {cond['scope']}."
+        + (
+            ""
+            if result["fired"] is None
+            else f" The gate fired on {result['fired']:.3f} of the eval prompts (in-engine witness; ungated, the "
+            f"witness came out on {result['witness_forced_ungated']:.3f})."
+        ),
         "",
         "| arm | accuracy | mean tokens | accuracy lost per 100 tokens saved |",
         "|---|---|---|---|",
@@ -181,38 +254,35 @@ def markdown(result: dict[str, Any]) -> str:
 async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     labelled = demo_items(args.label_items, split="extract")
-    label_rows = await run_arm(url, labelled, {}, BASE, args)
-    condition = await build_condition(url, labelled, label_rows)
+    condition = await (step_condition if args.probe == "step" else prompt_condition)(url, labelled, args)
     items = demo_items(args.items)
     draws = np.random.default_rng(0).integers(0, len(items), size=(ROUNDS, len(items)))
     unsteered = await run_arm(url, items, {}, BASE, args)
     ungated = await run_arm(url, items, {}, "reflect-down", args)
     gated = await run_arm(url, items, {"steering": condition["terms"]}, BASE, args)
-    await push_witness(url)
-    forced = await gate_fires(url, items, None)
-    fires = await gate_fires(url, items, condition["terms"][0]["condition"])
-    fired = float(np.mean(fires))
-    # the ungated preset on a random share `fired` of the problems, in expectation: per problem the mixture
-    random_gate = [
-        {k: fired * float(f[k]) + (1 - fired) * float(u[k]) for k in ("correct", "tokens")}
-        for f, u in zip(ungated, unsteered, strict=True)
-    ]
     arms = {
         "unsteered": arm_summary(unsteered, unsteered, draws),
         "reflect-down (ungated)": arm_summary(ungated, unsteered, draws),
         "gated": arm_summary(gated, unsteered, draws),
-        "random_gate (same rate)": arm_summary(random_gate, unsteered, draws),
     }
+    fired = forced = None
+    if args.probe == "prompt":
+        await push_witness(url)
+        forced = float(np.mean(await gate_fires(url, items, None)))
+        fired = float(np.mean(await gate_fires(url, items, condition["terms"][0]["condition"])))
+        # the ungated preset on a random share `fired` of the problems, in expectation: per problem the mixture
+        random_gate = [
+            {k: fired * float(f[k]) + (1 - fired) * float(u[k]) for k in ("correct", "tokens")}
+            for f, u in zip(ungated, unsteered, strict=True)
+        ]
+        arms["random_gate (same rate)"] = arm_summary(random_gate, unsteered, draws)
     diff = {key: paired(gated, ungated, key, draws) for key in ("correct", "tokens")}
     return {
-        "command": "python benchmarks/conditional_steering.py " + " ".join(sys.argv[1:]),
-        "items": len(items),
-        "temperature": args.temperature,
-        "max_tokens": args.max_tokens,
-        "seconds": round(time.monotonic() - started, 1),
+        **result_header(len(items), args, started),
         "condition": condition,
+        "probe": args.probe,
         "fired": fired,
-        "witness_forced_ungated": float(np.mean(forced)),
+        "witness_forced_ungated": forced,
         "arms": arms,
         "gated_minus_ungated": diff,
         "rows": {"unsteered": unsteered, "ungated": ungated, "gated": gated},
@@ -222,7 +292,11 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = demo_arguments(__doc__, "conditional_steering_demo")
     parser.add_argument("--label-items", type=int, default=600)
-    run_on_demo(parser.parse_args(), measure, markdown)
+    parser.add_argument("--probe", choices=("prompt", "step"), default="prompt", help="see above")
+    args = parser.parse_args()
+    if args.probe == "step" and args.out == parser.get_default("out"):
+        args.out = args.out.with_name("conditional_steering_demo_step.json")
+    run_on_demo(args, measure, markdown)
 
 
 if __name__ == "__main__":

@@ -158,11 +158,7 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
             "rows": {"hard_cut": cut, "schedule": scheduled},
         }
     return {
-        "command": "python benchmarks/reasoning_budget.py " + " ".join(sys.argv[1:]),
-        "items": len(items),
-        "temperature": args.temperature,
-        "max_tokens": args.max_tokens,
-        "seconds": round(time.monotonic() - started, 1),
+        **result_header(len(items), args, started),
         "budgets": budgets,
         "baseline": summarize(baseline, None, None, draws),
         "by_budget": by_budget,
@@ -180,6 +176,17 @@ def demo_arguments(doc: str | None, result_name: str) -> argparse.ArgumentParser
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / f"{result_name}.json")
     return parser
+
+
+def result_header(items: int, args: argparse.Namespace, started: float) -> dict[str, Any]:
+    """What every demo benchmark's result starts with: its command, size, sampling and duration."""
+    return {
+        "command": f"python benchmarks/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:]),
+        "items": items,
+        "temperature": args.temperature,
+        "max_tokens": args.max_tokens,
+        "seconds": round(time.monotonic() - started, 1),
+    }
 
 
 def run_on_demo(

@@ -16,12 +16,11 @@ Importable without torch or vLLM.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator
 
 from steering.errors import InvalidSteeringError, UnknownVectorError
 from steering.vectors import ConditionScope, SteeringVector, VectorLookup, check_vector_ref, parse_vector_ref
@@ -33,19 +32,12 @@ class Condition(BaseModel):
     model_config = ConfigDict(extra="forbid")
     vector: str = Field(description="Condition vector id, optionally `id@version`.")
     layer: int = Field(description="Block Lc whose output stream is read (negative counts from the end).")
-    threshold: float | None = Field(
+    threshold: FiniteFloat | None = Field(
         default=None, description="θ on r̂·x; default: the threshold extraction stored with the vector for Lc."
     )
     scope: ConditionScope | None = Field(default=None, description="`token` or `prompt`; default: the vector's.")
 
     _check_ref = field_validator("vector")(check_vector_ref)
-
-    @field_validator("threshold")
-    @classmethod
-    def _finite(cls, value: float | None) -> float | None:
-        if value is not None and not math.isfinite(value):
-            raise ValueError("must be a finite number")
-        return value
 
 
 @dataclass(frozen=True)

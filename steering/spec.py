@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Union, get_args
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator
 
 from steering.conditions import Condition, ResolvedCondition, resolve_condition
 from steering.errors import InvalidSteeringError, UnknownVectorError
@@ -71,7 +71,7 @@ class SteeringTerm(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     vector: str = Field(description="Vector id, optionally pinned to a version: `id` or `id@3`.")
-    strength: float | None = Field(default=None, description="Scale s of the op (see README formulas).")
+    strength: FiniteFloat | None = Field(default=None, description="Scale s of the op (see README formulas).")
     layers: list[int] | None = Field(
         default=None, description="Decoder blocks (0-based output index; negative counts from the end)."
     )
@@ -86,13 +86,6 @@ class SteeringTerm(BaseModel):
     )
 
     _check_ref = field_validator("vector")(check_vector_ref)
-
-    @field_validator("strength")
-    @classmethod
-    def _check_finite(cls, value: float | None) -> float | None:
-        if value is not None and not math.isfinite(value):
-            raise ValueError("must be a finite number")
-        return value
 
 
 @dataclass(frozen=True)
