@@ -27,6 +27,7 @@ prompts): every step line `a±b=c` followed by its delimiter `\n\n` is a row, it
 to that delimiter, pooled at its last token (so the stored scope is `token`); right (c = a±b) vs slipped. The
 reflect-down preset acts at the delimiters; gated by this probe it acts after steps the model's own state reads
 as right, and leaves the re-check after a slip. No random-gate arm here (a per-token gate has no per-problem rate).
+`--gated-scale k` adds a gated arm at k x the preset's strength, to compare at a matched token saving.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import json
 import re
 import sys
 import time
@@ -247,7 +247,12 @@ def markdown(result: dict[str, Any]) -> str:
             + ("-" if arm == "unsteered" else cell(lost))
             + " |"
         )
-    lines += ["", f"Paired, gated - reflect-down: {json.dumps(result['gated_minus_ungated'])}", ""]
+    diff = result["gated_minus_ungated"]
+    lines += [
+        "",
+        f"Paired, gated - reflect-down: accuracy {cell(diff['correct'])}, tokens {cell(diff['tokens'], 1)}",
+        "",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -260,11 +265,15 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
     unsteered = await run_arm(url, items, {}, BASE, args)
     ungated = await run_arm(url, items, {}, "reflect-down", args)
     gated = await run_arm(url, items, {"steering": condition["terms"]}, BASE, args)
+    stronger = [{**t, "strength": args.gated_scale * t["strength"]} for t in condition["terms"]]
     arms = {
         "unsteered": arm_summary(unsteered, unsteered, draws),
         "reflect-down (ungated)": arm_summary(ungated, unsteered, draws),
         "gated": arm_summary(gated, unsteered, draws),
     }
+    if args.gated_scale != 1.0:
+        rows_stronger = await run_arm(url, items, {"steering": stronger}, BASE, args)
+        arms[f"gated, strength x{args.gated_scale:g}"] = arm_summary(rows_stronger, unsteered, draws)
     fired = forced = None
     if args.probe == "prompt":
         await push_witness(url)
@@ -293,6 +302,9 @@ def main() -> None:
     parser = demo_arguments(__doc__, "conditional_steering_demo")
     parser.add_argument("--label-items", type=int, default=600)
     parser.add_argument("--probe", choices=("prompt", "step"), default="prompt", help="see above")
+    parser.add_argument(
+        "--gated-scale", type=float, default=1.0, help="also a gated arm at this multiple of the preset's strength"
+    )
     args = parser.parse_args()
     if args.probe == "step" and args.out == parser.get_default("out"):
         args.out = args.out.with_name("conditional_steering_demo_step.json")

@@ -5,9 +5,9 @@
 The baseline (unsteered) arm's thinking lengths give two budgets, B = their 50th and 75th percentiles. For each B:
 - `hard_cut`: vLLM's `thinking_token_budget = B` (the thinking section is cut at B, wherever it is);
 - `fixed_down`: the `reflect-down` preset for the whole request (no budget);
-- `schedule`: `reasoning_budget: B` (steering.budget, server defaults: reflect-down's strength from the start,
-  rising to 4x it at B; vLLM's cut at 1.5 B behind it). The defaults were picked on the extraction split (a
-  ramp from zero at B/2 to 2x at B landed within B on 54 % / 83 % there); this run is on the held-out eval split.
+- `schedule`: `reasoning_budget: B` (steering.budget, server defaults: 1.5x reflect-down's strength from the
+  start, rising to 6x it at B; vLLM's cut at 1.5 B behind it). The defaults were picked on the extraction split
+  (`benchmarks/budget_tuning.py`); this run is on the held-out eval split.
 Per arm: accuracy, mean completion and thinking tokens, and the share whose thinking ended *by itself* within B
 tokens (a cut does not count as landing), each with a 95 % bootstrap CI over problems. The comparison the budget
 is for: `schedule` vs `hard_cut` accuracy (paired difference, CI) and mean tokens.

@@ -66,11 +66,11 @@ class SteerserveSettings(BaseSettings):
         description="`reasoning_budget`: the preset whose terms it ramps in (steering.budget).",
     )
     budget_lead: float = Field(
-        default=1.0, ge=0, description="`reasoning_budget`: strength from the start, x the preset's strength."
+        default=1.5, ge=0, description="`reasoning_budget`: strength from the start, x the preset's strength."
     )
     budget_start: float = Field(default=0.0, ge=0, lt=1, description="`reasoning_budget`: the ramp starts at this x B.")
     budget_scale: float = Field(
-        default=4.0, gt=0, description="`reasoning_budget`: strength reached at B, x the preset's strength."
+        default=6.0, gt=0, description="`reasoning_budget`: strength reached at B, x the preset's strength."
     )
     budget_backstop: float = Field(
         default=1.5, ge=0, description="`reasoning_budget`: vLLM's thinking budget at this x B (0: no hard stop)."

@@ -161,7 +161,7 @@ def test_serve_defaults_persist_vectors_and_exit_cleanly(tmp_path: Path) -> None
         )
         assert budgeted.status_code == 200, budgeted.text
         (term,) = budgeted.json()["steering"]["terms"]
-        assert term["schedule"]["points"] == [[0, -0.5], [64, -2.0]] and term["vector"] == "reflection"
+        assert term["schedule"]["points"] == [[0, -0.75], [64, -3.0]] and term["vector"] == "reflection"
         hidden = 256
         data = base64.b64encode(np.ones(hidden, dtype="<f4").tobytes()).decode()
         created = httpx.post(f"{url}/v1/steering/vectors", json={"id": "kept", "layers": {"1": data}})

@@ -33,10 +33,10 @@ async def test_a_budget_ramps_the_down_preset_in_and_sets_the_backstop(client: A
     answer = await c.post("/v1/chat/completions", json={**CHAT, "reasoning_budget": 40})
     assert answer.status_code == 200, answer.text
     term = answer.json()["steering"]["terms"][0]
-    assert term["schedule"] == {"by": "generated_tokens", "points": [[0, -0.5], [40, -2.0]]}
+    assert term["schedule"] == {"by": "generated_tokens", "points": [[0, -0.75], [40, -3.0]]}
     assert term["strength"] is None and term["site"] == "mlp" and term["positions"] == {"tokens": [10]}
     payload = json.loads(engine.seen[-1][1]["steerserve"])
-    assert payload["terms"][0]["schedule"] == [[0, "-0.5"], [40, "-2.0"]]
+    assert payload["terms"][0]["schedule"] == [[0, "-0.75"], [40, "-3.0"]]
     assert engine.requests[-1].thinking_token_budget == 60  # 1.5 x B: vLLM's hard stop behind the schedule
     own = await c.post("/v1/chat/completions", json={**CHAT, "reasoning_budget": 40, "thinking_token_budget": 45})
     assert own.status_code == 200 and engine.requests[-1].thinking_token_budget == 45  # the request's own stop
