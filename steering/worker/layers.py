@@ -206,8 +206,17 @@ def _steered(module: nn.Module, site: str, target: torch.Tensor, extra: torch.Te
     return steered_sum(target, extra, *tables, channels)
 
 
+def _idle(module: nn.Module) -> bool:
+    """The step has nothing to steer, gate or capture and this forward runs eagerly (never inside a trace, where
+    a Python branch would be frozen): the layer returns what its own forward gave."""
+    runtime: SteeringState = getattr(module, "_steer_state")
+    return runtime.eager_skip and runtime.quiet and not torch.compiler.is_compiling()
+
+
 def _layer_forward(self: nn.Module, base: type, *args: Any, **kwargs: Any) -> Any:
     hidden, residual = getattr(base, "forward")(self, *args, **kwargs)
+    if _idle(self):
+        return hidden, residual
     if getattr(self, "_steer_conditions"):
         _gate_by_conditions(self, hidden, residual)
     sites: tuple[str, ...] = getattr(self, "_steer_sites")
@@ -222,6 +231,8 @@ def _layer_forward(self: nn.Module, base: type, *args: Any, **kwargs: Any) -> An
 
 def _single_layer_forward(self: nn.Module, base: type, *args: Any, **kwargs: Any) -> Any:
     hidden = getattr(base, "forward")(self, *args, **kwargs)
+    if _idle(self):
+        return hidden
     if getattr(self, "_steer_conditions"):
         _gate_by_conditions(self, hidden, None)
     if "residual" in getattr(self, "_steer_sites"):
@@ -248,6 +259,8 @@ def _branch_forward(self: nn.Module, base: type, *args: Any, **kwargs: Any) -> A
     """A site's own submodule (attention, or a single-state layer's MLP branch): steer its output, the first
     element where it returns a tuple (e.g. attention weights alongside)."""
     out = getattr(base, "forward")(self, *args, **kwargs)
+    if _idle(self):
+        return out
     for site in getattr(self, "_steer_sites"):
         if isinstance(out, tuple):
             out = (_steered(self, site, out[0]), *out[1:])

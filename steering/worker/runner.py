@@ -95,6 +95,7 @@ def _v1_prepare_inputs(original: Callable[..., Any]) -> Callable[..., Any]:
                     params = self.requests[req_id].sampling_params
                     state.attach_request(req_id, getattr(params, "extra_args", None))
             if state.idle:
+                state.quiet = True
                 return result
             layout = token_layout(
                 state.slots_for(req_ids),
@@ -189,6 +190,8 @@ def _v2_prepare_inputs(original: Callable[..., Any]) -> Callable[..., Any]:
         if state is not None and not state.idle:
             layout = v2_layout(self, state, input_batch)
             state.prepare_step(layout, input_batch.input_ids, list(input_batch.req_ids))
+        elif state is not None:
+            state.quiet = True
         return input_batch
 
     return wrapper

@@ -124,6 +124,9 @@ class SteeringState:
         self._slot_channels: dict[int, dict[tuple[int, str], int]] = {}
         # Eager mode without CUDA graphs may skip unused (layer, site)s; the runner decides at start-up.
         self.eager_skip = False
+        # Nothing to steer, gate or capture in the step about to run (host-side, set by the runner each step;
+        # eager runs then skip every layer's steering code, most of what the plugin costs an unsteered step)
+        self.quiet = True
         # Channels in use this step per (layer, site), on the host (read by the op on CPU, by eager CUDA code)
         self.site_index = {key: index for index, key in enumerate(self.tables)}
         self.channel_count = torch.zeros(len(self.tables), dtype=torch.int64)
@@ -318,6 +321,7 @@ class SteeringState:
             self.capture.prepare_step(layout, req_ids)
         n = layout.num_tokens
         steered = bool(layout.slot.any())
+        self.quiet = not steered and not (self.capture is not None and self.capture.active)
         self.channel_count.zero_()
         self.conditions.count.zero_()
         if not steered:

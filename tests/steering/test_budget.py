@@ -12,7 +12,7 @@ from steering.vectors import SteeringVector
 def test_schedule_and_backstop_follow_the_documented_formula() -> None:
     rule = BudgetRule(lead=0.0, start=0.5, scale=2.0, backstop=1.5)
     assert rule.schedule(300, -0.5).points == [(0, 0.0), (150, 0.0), (300, -1.0)]
-    assert BudgetRule().schedule(10, -0.5).points == [(0, -0.75), (10, -3.0)]  # defaults: 1.5 s from the start, 6 s at B
+    assert BudgetRule().schedule(10, -0.5).points == [(0, -0.75), (10, -3.0)]  # defaults: 1.5 s, then 6 s at B
     assert rule.schedule(1, -0.5).points == [(0, 0.0), (1, -1.0)]  # the ramp never starts at B itself
     assert rule.backstop_tokens(301) == 452 and BudgetRule(backstop=0).backstop_tokens(10) is None
 

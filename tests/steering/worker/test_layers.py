@@ -90,3 +90,25 @@ def test_a_layer_without_what_a_site_needs_is_refused_naming_it() -> None:
         decoder_layers(CausalLM([SingleLayer(attn_name="mixer")]), SITES)
     with pytest.raises(UnsupportedModelError, match="no decoder layer list"):
         decoder_layers(nn.Linear(2, 2), SITES)
+
+
+@pytest.mark.parametrize("eager", [True, False])
+def test_a_quiet_step_runs_no_steering_op_when_eager(monkeypatch: pytest.MonkeyPatch, eager: bool) -> None:
+    """With nothing to steer, gate or capture in the step, an eager forward returns the layer's own output without
+    calling an op; where the forward may be traced (not eager), the ops always run (they skip on their own)."""
+    from steering.worker import layers as layer_patch
+    from tests.steering.worker.test_tables import make_state
+
+    calls: list[str] = []
+    monkeypatch.setattr(layer_patch, "steer_in_place", lambda *a: calls.append("steer"))
+    monkeypatch.setattr(layer_patch, "capture_rows", lambda *a: calls.append("capture"))
+    state = make_state()
+    state.eager_skip = eager
+    layer = SplitLayer()
+    layer_patch.install([(0, layer)], state)
+    hidden = torch.ones(3, 8)
+    for quiet, expected in ((True, not eager), (False, True)):
+        calls.clear()
+        state.quiet = quiet
+        out, _ = layer(torch.arange(3), hidden, None)
+        assert torch.equal(out, hidden) and bool(calls) == expected, (quiet, calls)

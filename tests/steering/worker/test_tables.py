@@ -84,12 +84,14 @@ def test_gates_follow_position_modes_and_triggers() -> None:
     layout = token_layout(slots, [2, 4], [0, 2], [5, 3])  # a: positions 2..5 with prompt 3
     ids = torch.tensor([1, 2, 7, 9, 7, 3])
     state.prepare_step(layout, ids, ["b", "a"])
+    assert not state.quiet  # a steered request in the step: the layers run their steering code
     sa = int(slots[1])
     assert state.token_slot[:6].tolist() == [0, 0, sa, sa, sa, sa]
     assert state.token_gate[2:6, 0].tolist() == [0.0, 1.0, 1.0, 1.0]  # generated: positions 3, 4, 5
     assert state.token_gate[2:6, 1].tolist() == [1.0, 0.0, 1.0, 0.0]  # trigger token 7
     state.prepare_step(token_layout(slots[:1], [2], [5], [5]), ids, ["b"])  # only b: buffers go back to slot 0
     assert not state.token_slot[:6].any()
+    assert state.quiet  # nothing to steer, gate or capture: eager layers skip their steering code
 
 
 def test_mismatches_never_raise_and_are_reported_by_ticket() -> None:
