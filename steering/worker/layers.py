@@ -182,6 +182,12 @@ def _steered(module: nn.Module, site: str, target: torch.Tensor, extra: torch.Te
     """`target` plus the change the steering of `site` makes, computed from the site value `target + extra`."""
     runtime: SteeringState = getattr(module, "_steer_state")
     site_index = runtime.site_index[(getattr(module, "_steer_layer"), site)]
+    channels = None
+    if _eager(runtime):
+        # skip (layer, site)s no request of this step uses, before reading any table
+        channels = runtime.step_channels[site_index]
+        if channels == 0:
+            return target
     tables = (
         getattr(module, "steer_token_slot"),
         getattr(module, "steer_token_gate"),
@@ -197,47 +203,44 @@ def _steered(module: nn.Module, site: str, target: torch.Tensor, extra: torch.Te
         # so a (layer, site) no request of the step uses costs one call and nothing else.
         steer_in_place(target, extra, *tables, getattr(module, "steer_channel_count"), site_index)
         return target
-    channels = None
-    if runtime.eager_skip and not torch.compiler.is_compiling():
-        # CUDA, eager, no graph to freeze it: skip (layer, site)s no request of this step uses.
-        channels = int(runtime.channel_count[site_index])
-        if channels == 0:
-            return target
     return steered_sum(target, extra, *tables, channels)
 
 
-def _idle(module: nn.Module) -> bool:
-    """The step has nothing to steer, gate or capture and this forward runs eagerly (never inside a trace, where
-    a Python branch would be frozen): the layer returns what its own forward gave."""
-    runtime: SteeringState = getattr(module, "_steer_state")
-    return runtime.eager_skip and runtime.quiet and not torch.compiler.is_compiling()
+def _eager(runtime: SteeringState) -> bool:
+    """This forward runs eagerly, never inside a trace (where a Python branch would be frozen): the step's
+    host-side flags may skip work nothing in the step needs."""
+    return runtime.eager_skip and not torch.compiler.is_compiling()
 
 
 def _layer_forward(self: nn.Module, base: type, *args: Any, **kwargs: Any) -> Any:
     hidden, residual = getattr(base, "forward")(self, *args, **kwargs)
-    if _idle(self):
+    runtime: SteeringState = getattr(self, "_steer_state")
+    eager = _eager(runtime)
+    if eager and runtime.quiet:  # nothing to steer, gate or capture: the layer's own output
         return hidden, residual
-    if getattr(self, "_steer_conditions"):
+    if getattr(self, "_steer_conditions") and not (eager and not runtime.step_gating):
         _gate_by_conditions(self, hidden, residual)
     sites: tuple[str, ...] = getattr(self, "_steer_sites")
     if "mlp" in sites:
         hidden = _steered(self, "mlp", hidden)
     if "residual" in sites:
         hidden = _steered(self, "residual", hidden, residual)
-    if getattr(self, "_steer_capture"):
+    if getattr(self, "_steer_capture") and not (eager and not runtime.capturing):
         _capture(self, hidden, residual)
     return hidden, residual
 
 
 def _single_layer_forward(self: nn.Module, base: type, *args: Any, **kwargs: Any) -> Any:
     hidden = getattr(base, "forward")(self, *args, **kwargs)
-    if _idle(self):
+    runtime: SteeringState = getattr(self, "_steer_state")
+    eager = _eager(runtime)
+    if eager and runtime.quiet:
         return hidden
-    if getattr(self, "_steer_conditions"):
+    if getattr(self, "_steer_conditions") and not (eager and not runtime.step_gating):
         _gate_by_conditions(self, hidden, None)
     if "residual" in getattr(self, "_steer_sites"):
         hidden = _steered(self, "residual", hidden)
-    if getattr(self, "_steer_capture"):
+    if getattr(self, "_steer_capture") and not (eager and not runtime.capturing):
         _capture(self, hidden, getattr(self, "steer_capture_zero_residual").expand_as(hidden))
     return hidden
 
@@ -259,7 +262,8 @@ def _branch_forward(self: nn.Module, base: type, *args: Any, **kwargs: Any) -> A
     """A site's own submodule (attention, or a single-state layer's MLP branch): steer its output, the first
     element where it returns a tuple (e.g. attention weights alongside)."""
     out = getattr(base, "forward")(self, *args, **kwargs)
-    if _idle(self):
+    runtime: SteeringState = getattr(self, "_steer_state")
+    if _eager(runtime) and runtime.quiet:
         return out
     for site in getattr(self, "_steer_sites"):
         if isinstance(out, tuple):

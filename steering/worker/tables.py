@@ -127,6 +127,8 @@ class SteeringState:
         # Nothing to steer, gate or capture in the step about to run (host-side, set by the runner each step;
         # eager runs then skip every layer's steering code, most of what the plugin costs an unsteered step)
         self.quiet = True
+        self.step_channels = [0] * len(self.tables)  # channel_count as a list (eager code reads it per site)
+        self.step_gating = False  # a request of the step has a condition
         # Channels in use this step per (layer, site), on the host (read by the op on CPU, by eager CUDA code)
         self.site_index = {key: index for index, key in enumerate(self.tables)}
         self.channel_count = torch.zeros(len(self.tables), dtype=torch.int64)
@@ -233,6 +235,11 @@ class SteeringState:
         return not self._request_slot and self._dirty_tokens == 0 and not capturing
 
     @property
+    def capturing(self) -> bool:
+        """Rows are captured in the step about to run."""
+        return self.capture is not None and self.capture.active
+
+    @property
     def active_requests(self) -> int:
         return len(self._request_slot)
 
@@ -321,10 +328,12 @@ class SteeringState:
             self.capture.prepare_step(layout, req_ids)
         n = layout.num_tokens
         steered = bool(layout.slot.any())
-        self.quiet = not steered and not (self.capture is not None and self.capture.active)
+        self.quiet = not steered and not self.capturing
         self.channel_count.zero_()
         self.conditions.count.zero_()
+        self.step_gating = False
         if not steered:
+            self.step_channels = [0] * len(self.tables)
             if self._dirty_tokens:
                 self.token_slot[: self._dirty_tokens].zero_()
                 self._dirty_tokens = 0
@@ -334,6 +343,7 @@ class SteeringState:
             for site_key, count in self._slot_channels.get(slot_id, {}).items():
                 index = self.site_index[site_key]
                 self.channel_count[index] = max(count, int(self.channel_count[index]))
+        self.step_channels = self.channel_count.tolist()
         slot = _to_device(layout.slot, self.device)
         is_prompt = _to_device(layout.is_prompt, self.device).unsqueeze(1)
         is_last = _to_device(layout.is_last_prompt, self.device).unsqueeze(1)
@@ -356,7 +366,8 @@ class SteeringState:
             self.token_gate[:n, :-1].copy_(gate * strength)
         else:
             self.token_gate[:n, :-1].copy_(gate)
-        if self.conditions.prepare_step(layout.slot):
+        self.step_gating = self.conditions.prepare_step(layout.slot)
+        if self.step_gating:
             rows = np.fromiter((self.conditions.row_of(r) for r in req_ids), dtype=np.int64, count=len(req_ids))
             kind = layout.is_prompt.astype(np.int64) * KIND_PROMPT
             kind[layout.is_last_prompt] = KIND_LAST_PROMPT

@@ -93,22 +93,27 @@ def test_a_layer_without_what_a_site_needs_is_refused_naming_it() -> None:
 
 
 @pytest.mark.parametrize("eager", [True, False])
-def test_a_quiet_step_runs_no_steering_op_when_eager(monkeypatch: pytest.MonkeyPatch, eager: bool) -> None:
-    """With nothing to steer, gate or capture in the step, an eager forward returns the layer's own output without
-    calling an op; where the forward may be traced (not eager), the ops always run (they skip on their own)."""
+def test_eager_steps_call_only_the_ops_the_step_uses(monkeypatch: pytest.MonkeyPatch, eager: bool) -> None:
+    """Eagerly, a quiet step (nothing to steer, gate or capture) returns the layer's own output without an op call,
+    and a steered step calls the op only at the (layer, site)s its requests use; where the forward may be traced
+    (not eager) every op is always called (each skips on its own, inside the graph)."""
     from steering.worker import layers as layer_patch
     from tests.steering.worker.test_tables import make_state
 
     calls: list[str] = []
-    monkeypatch.setattr(layer_patch, "steer_in_place", lambda *a: calls.append("steer"))
+    monkeypatch.setattr(layer_patch, "steer_in_place", lambda *a: calls.append(f"steer {a[-1]}"))
     monkeypatch.setattr(layer_patch, "capture_rows", lambda *a: calls.append("capture"))
     state = make_state()
     state.eager_skip = eager
     layer = SplitLayer()
     layer_patch.install([(0, layer)], state)
+    mlp = state.site_index[(0, "mlp")]
+    # SplitLayer's forward never calls its attention: the layer's own sites and the capture
+    every = sorted([*(f"steer {state.site_index[(0, site)]}" for site in ("mlp", "residual")), "capture"])
     hidden = torch.ones(3, 8)
-    for quiet, expected in ((True, not eager), (False, True)):
+    for quiet, channels, expected in ((True, {}, []), (False, {mlp: 1}, [f"steer {mlp}"])):
         calls.clear()
-        state.quiet = quiet
+        state.quiet, state.step_channels = quiet, [channels.get(i, 0) for i in range(len(state.tables))]
         out, _ = layer(torch.arange(3), hidden, None)
-        assert torch.equal(out, hidden) and bool(calls) == expected, (quiet, calls)
+        assert torch.equal(out, hidden)
+        assert sorted(calls) == (expected if eager else every), (quiet, calls)
