@@ -20,6 +20,7 @@ from typing import Any
 
 from steering.activations import ActivationCapture, Activations
 from steering.admission import ConfigAdmission
+from steering.coalesce import Coalesced
 from steering.config import (
     ADDITIONAL_CONFIG_KEY,
     EngineSteeringConfig,
@@ -127,6 +128,7 @@ class SteeringEngine:
         self.limits = steering.limits if steering is not None else None
         self.admission = ConfigAdmission(steering.max_configs if steering is not None else 1)
         self._loaded: OrderedDict[str, None] = OrderedDict()  # held by every worker (confirmed), LRU order
+        self._failures: Coalesced[str, str] = Coalesced(self._ask_failures)
         self._vector_refs: dict[str, int] = {}  # vectors used by requests in flight: never dropped
         self.max_loaded_vectors = 4096
         self.activations = ActivationCapture(
@@ -242,11 +244,19 @@ class SteeringEngine:
         steered): a slot or vector mismatch between this process's ledger and a worker."""
         if admitted is None:
             return
-        replies: list[dict[str, str]] = await self.llm.collective_rpc("steerserve_failures", args=([admitted.ticket],))
-        reasons = sorted({reply[admitted.ticket] for reply in replies if admitted.ticket in reply})
+        reasons = await self._failures.get(admitted.ticket)  # one worker RPC for the requests ending together
         if reasons:
-            raise SteeringNotAppliedError(f"the engine could not apply this request's steering: {'; '.join(reasons)}")
+            raise SteeringNotAppliedError(f"the engine could not apply this request's steering: {reasons}")
         await self._confirm_loaded(admitted.carried)
+
+    async def _ask_failures(self, tickets: Sequence[str]) -> dict[str, str]:
+        """Why each ticket's request could not be steered, over every worker (tickets steered fine are absent)."""
+        replies: list[dict[str, str]] = await self.llm.collective_rpc("steerserve_failures", args=(list(tickets),))
+        reasons: dict[str, set[str]] = {}
+        for reply in replies:
+            for ticket, reason in reply.items():
+                reasons.setdefault(ticket, set()).add(reason)
+        return {ticket: "; ".join(sorted(found)) for ticket, found in reasons.items()}
 
     async def generate(
         self,
