@@ -218,14 +218,14 @@ def _layer_forward(self: nn.Module, base: type, *args: Any, **kwargs: Any) -> An
     eager = _eager(runtime)
     if eager and runtime.quiet:  # nothing to steer, gate or capture: the layer's own output
         return hidden, residual
-    if getattr(self, "_steer_conditions") and not (eager and not runtime.step_gating):
+    if getattr(self, "_steer_conditions") and (not eager or runtime.step_gating):
         _gate_by_conditions(self, hidden, residual)
     sites: tuple[str, ...] = getattr(self, "_steer_sites")
     if "mlp" in sites:
         hidden = _steered(self, "mlp", hidden)
     if "residual" in sites:
         hidden = _steered(self, "residual", hidden, residual)
-    if getattr(self, "_steer_capture") and not (eager and not runtime.capturing):
+    if getattr(self, "_steer_capture") and (not eager or runtime.capturing):
         _capture(self, hidden, residual)
     return hidden, residual
 
@@ -236,11 +236,11 @@ def _single_layer_forward(self: nn.Module, base: type, *args: Any, **kwargs: Any
     eager = _eager(runtime)
     if eager and runtime.quiet:
         return hidden
-    if getattr(self, "_steer_conditions") and not (eager and not runtime.step_gating):
+    if getattr(self, "_steer_conditions") and (not eager or runtime.step_gating):
         _gate_by_conditions(self, hidden, None)
     if "residual" in getattr(self, "_steer_sites"):
         hidden = _steered(self, "residual", hidden)
-    if getattr(self, "_steer_capture") and not (eager and not runtime.capturing):
+    if getattr(self, "_steer_capture") and (not eager or runtime.capturing):
         _capture(self, hidden, getattr(self, "steer_capture_zero_residual").expand_as(hidden))
     return hidden
 
