@@ -355,5 +355,7 @@ class SteeringEngine:
             return False
         return not self.llm.errored
 
-    def shutdown(self) -> None:
-        self.llm.shutdown()
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop the engine. `timeout`: seconds its processes get to exit before they are killed (vLLM's grace
+        period when None; 0 kills them at once, for callers with nothing in flight that need no drain)."""
+        self.llm.shutdown(timeout=timeout)

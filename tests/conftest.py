@@ -53,7 +53,7 @@ async def llama_engine(tiny_llama: Path) -> AsyncIterator[object]:
     """The shared eager Llama engine (prefix caching on, 64 config slots)."""
     engine = make_engine(tiny_llama)
     yield engine
-    engine.shutdown()
+    engine.shutdown(timeout=0)  # nothing in flight: no grace period
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +68,7 @@ async def moe_engine(tiny_moe: Path) -> AsyncIterator[object]:
     """A shared eager Qwen3-MoE engine (4 experts, top 2), configured like the Llama one."""
     engine = make_engine(tiny_moe)
     yield engine
-    engine.shutdown()
+    engine.shutdown(timeout=0)  # nothing in flight: no grace period
 
 
 def hf_model(path: Path) -> object:
@@ -100,7 +100,7 @@ async def smol_engine(smollm2: Path) -> AsyncIterator[object]:
 
     engine = make_engine(smollm2, max_model_len=1024, steering=EngineSteeringConfig(max_configs=16))
     yield engine
-    engine.shutdown()
+    engine.shutdown(timeout=0)  # nothing in flight: no grace period
 
 
 @pytest.fixture(scope="session")

@@ -123,65 +123,20 @@ def run_readme_examples(port: int, workdir: Path) -> None:
         assert done.returncode == 0 and '"error"' not in done.stdout, shown
 
 
-def test_serve_defaults_persist_vectors_and_exit_cleanly(tmp_path: Path) -> None:
+def test_plain_vllm_then_serve_defaults_share_the_store_drain_and_die_loudly(tmp_path: Path) -> None:
+    """Two servers on one data dir: plain vLLM with both plugins (writes a vector, steers, drains on SIGTERM and
+    exits 0), then `steerserve serve` with its defaults (the vector survived the restart; the demo, its presets,
+    the README's examples and the CLI), whose engine core is then killed: the server exits non-zero."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
-    proc = start(tmp_path / "data", port, log)
+    hidden = 256
+    proc = start_plain_vllm(tmp_path / "data", port, log)  # the README's plain-vLLM way, settings from the env
     try:
         wait_ready(url, proc, log)
-        listed = httpx.get(f"{url}/v1/models").json()["data"]
-        models = [m["id"] for m in listed]
-        assert models[0] == "steerserve-demo" and {"reflect-up", "reflect-down"} <= set(models)
-        assert "toy" in listed[0]["description"] and all("toy" in m["description"] for m in listed[1:])
-        reflection = httpx.get(f"{url}/v1/steering/vectors/reflection").json()
-        assert reflection["provenance"]["method"] == "diffmean" and reflection["provenance"]["scan"]
-        chats = {}
-        for preset in ("steerserve-demo", "reflect-up", "reflect-down"):
-            answer = httpx.post(
-                f"{url}/v1/chat/completions",
-                timeout=60,
-                json={"model": preset, "messages": [{"role": "user", "content": "37+48-19"}], "max_tokens": 384},
-            )
-            assert answer.status_code == 200, answer.text
-            chats[preset] = answer.json()
-        message = chats["steerserve-demo"]["choices"][0]["message"]
-        assert message["reasoning"] and "Answer:" in message["content"]  # the toy thinks, then answers
-        assert chats["reflect-up"]["steering"]["preset"] == "reflect-up"
-        assert chats["steerserve-demo"]["usage"]["completion_tokens_details"]["reasoning_tokens"] > 0
-        budgeted = httpx.post(  # the reflect-down preset ramped in over a budget of 64 thinking tokens
-            f"{url}/v1/chat/completions",
-            timeout=60,
-            json={
-                "model": "steerserve-demo",
-                "messages": [{"role": "user", "content": "37+48-19"}],
-                "max_tokens": 384,
-                "reasoning_budget": 64,
-            },
-        )
-        assert budgeted.status_code == 200, budgeted.text
-        (term,) = budgeted.json()["steering"]["terms"]
-        assert term["schedule"]["points"] == [[0, -0.75], [64, -3.0]] and term["vector"] == "reflection"
-        hidden = 256
         data = base64.b64encode(np.ones(hidden, dtype="<f4").tobytes()).decode()
         created = httpx.post(f"{url}/v1/steering/vectors", json={"id": "kept", "layers": {"1": data}})
         assert created.status_code == 201, created.text
-        out = httpx.post(
-            f"{url}/v1/completions",
-            timeout=60,
-            json={"model": "steerserve-demo", "prompt": "Q: 1+2", "max_tokens": 4, "steering": [{"vector": "kept"}]},
-        )
-        assert out.status_code == 200 and out.json()["steering"]["terms"][0]["vector"] == "kept"
-        run_readme_examples(port, tmp_path / "docs")
-        assert_cli_fits_the_model_and_shows_server_errors(url, tmp_path)
-    finally:
-        code = stop(proc)
-    assert code == 0, log.read_text()[-3000:]
-    proc = start_plain_vllm(tmp_path / "data", port, log)  # plain vLLM with both plugins, on the same data dir
-    try:
-        wait_ready(url, proc, log)
-        info = httpx.get(f"{url}/v1/steering/vectors/kept")  # the embedded store survived the restart
-        assert info.status_code == 200 and info.json()["version"] == 1
         assert_plain_vllm_steers_and_budgets_thinking(url)
         assert_sigterm_drains(url, proc, log)
     finally:
@@ -190,10 +145,58 @@ def test_serve_defaults_persist_vectors_and_exit_cleanly(tmp_path: Path) -> None
     proc = start(tmp_path / "data", port, log)
     try:
         wait_ready(url, proc, log)
+        info = httpx.get(f"{url}/v1/steering/vectors/kept")  # the embedded store survived the restart
+        assert info.status_code == 200 and info.json()["version"] == 1
+        assert_serve_defaults(url)
+        out = httpx.post(
+            f"{url}/v1/completions",
+            timeout=60,
+            json={"model": "steerserve-demo", "prompt": "Q: 1+2", "max_tokens": 4, "steering": [{"vector": "kept"}]},
+        )
+        assert out.status_code == 200 and out.json()["steering"]["terms"][0]["vector"] == "kept"
+        run_readme_examples(port, tmp_path / "docs")
+        assert_cli_fits_the_model_and_shows_server_errors(url, tmp_path)
         assert_engine_death_ends_the_server(url, proc, log)
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def assert_serve_defaults(url: str) -> None:
+    """No model given: the toy demo, its reflection vector and presets; it thinks, then answers; a reasoning
+    budget ramps the reflect-down preset in."""
+    listed = httpx.get(f"{url}/v1/models").json()["data"]
+    models = [m["id"] for m in listed]
+    assert models[0] == "steerserve-demo" and {"reflect-up", "reflect-down"} <= set(models)
+    assert "toy" in listed[0]["description"] and all("toy" in m["description"] for m in listed[1:])
+    reflection = httpx.get(f"{url}/v1/steering/vectors/reflection").json()
+    assert reflection["provenance"]["method"] == "diffmean" and reflection["provenance"]["scan"]
+    chats = {}
+    for preset in ("steerserve-demo", "reflect-up", "reflect-down"):
+        answer = httpx.post(
+            f"{url}/v1/chat/completions",
+            timeout=60,
+            json={"model": preset, "messages": [{"role": "user", "content": "37+48-19"}], "max_tokens": 384},
+        )
+        assert answer.status_code == 200, answer.text
+        chats[preset] = answer.json()
+    message = chats["steerserve-demo"]["choices"][0]["message"]
+    assert message["reasoning"] and "Answer:" in message["content"]  # the toy thinks, then answers
+    assert chats["reflect-up"]["steering"]["preset"] == "reflect-up"
+    assert chats["steerserve-demo"]["usage"]["completion_tokens_details"]["reasoning_tokens"] > 0
+    budgeted = httpx.post(  # the reflect-down preset ramped in over a budget of 64 thinking tokens
+        f"{url}/v1/chat/completions",
+        timeout=60,
+        json={
+            "model": "steerserve-demo",
+            "messages": [{"role": "user", "content": "37+48-19"}],
+            "max_tokens": 384,
+            "reasoning_budget": 64,
+        },
+    )
+    assert budgeted.status_code == 200, budgeted.text
+    (term,) = budgeted.json()["steering"]["terms"]
+    assert term["schedule"]["points"] == [[0, -0.75], [64, -3.0]] and term["vector"] == "reflection"
 
 
 def assert_engine_death_ends_the_server(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:

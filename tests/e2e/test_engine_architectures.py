@@ -42,7 +42,7 @@ async def arch_engine(request: Any, model_cache_dir: Path, moe_engine: Any) -> A
     hf = AutoModelForCausalLM.from_pretrained(str(path), dtype="float32").eval()
     yield arch, engine, hf
     if not shared:
-        engine.shutdown()
+        engine.shutdown(timeout=0)  # nothing in flight: no grace period
 
 
 async def test_architecture_matches_reference_and_isolates_neighbours(arch_engine: Any) -> None:

@@ -91,7 +91,7 @@ async def flags_engine(tiny_llama: Path) -> AsyncIterator[Any]:
         ),
     )
     yield engine
-    engine.shutdown()
+    engine.shutdown(timeout=0)  # nothing in flight: no grace period
 
 
 @pytest.fixture(scope="module")

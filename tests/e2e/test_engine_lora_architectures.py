@@ -33,7 +33,7 @@ async def lora_engine(request: Any, model_cache_dir: Path, tmp_path_factory: Any
     extra = (("block_size", 32), ("enable_lora", True), ("max_lora_rank", RANK), ("max_loras", 2))
     engine = make_engine(path, extra=extra)
     yield request.param, engine, LoRARequest(f"{request.param}-lora", 1, str(adapter))
-    engine.shutdown()
+    engine.shutdown(timeout=0)  # nothing in flight: no grace period
 
 
 async def test_lora_and_steering_share_a_batch_each_equal_to_its_solo_run(lora_engine: Any) -> None:

@@ -52,7 +52,7 @@ async def engines(request: Any, tiny_llama: Path, tiny_moe: Path, llama_engine: 
         ),
     )
     yield engine, roomy
-    engine.shutdown()
+    engine.shutdown(timeout=0)  # nothing in flight: no grace period
 
 
 async def test_chunked_prefill_preemption_and_queueing_change_nothing(engines: Any) -> None:

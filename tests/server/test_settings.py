@@ -28,6 +28,7 @@ def test_no_model_serves_the_demo_with_plugins_tools_and_its_reasoning_parser() 
     assert args.dtype == "float32" and args.kv_cache_memory_bytes == 2 * 2**30
     assert args.reasoning_parser == "deepseek_r1"
     assert args.enable_auto_tool_choice and args.tool_call_parser == "hermes"
+    assert args.shutdown_timeout == 30  # SIGTERM drains (the drain itself: tests/e2e/test_cli_serve.py)
     assert set(os.environ["VLLM_PLUGINS"].split(",")) == {"steerserve", "steerserve_api"}
     steering = args.additional_config["steerserve"]
     assert set(steering["sites"]) == {"residual", "mlp", "attn"} and steering["limits"]["max_terms_per_site"] == 4
@@ -54,6 +55,7 @@ def test_vllm_flags_pass_through_and_the_admin_key_joins_the_api_keys(tiny_llama
     assert args.api_key == ["k", "a"] and not args.enable_auto_tool_choice and args.tool_call_parser is None
     assert args.reasoning_parser == "" and args.served_model_name is None
     assert prepare(["--model", str(tiny_llama), "--tool-call-parser", "llama3_json"]).tool_call_parser == "llama3_json"
+    assert prepare(["--model", str(tiny_llama), "--shutdown-timeout", "0"]).shutdown_timeout == 0
 
 
 @pytest.mark.parametrize(
