@@ -27,6 +27,10 @@ prompts): every step line `a±b=c` followed by its delimiter `\n\n` is a row, it
 to that delimiter, pooled at its last token (so the stored scope is `token`); right (c = a±b) vs slipped. The
 reflect-down preset acts at the delimiters; gated by this probe it acts after steps the model's own state reads
 as right, and leaves the re-check after a slip. No random-gate arm here (a per-token gate has no per-problem rate).
+`--probe carry` (conditional_steering_demo_carry.*): the same step delimiters, labelled easy (no carry or borrow
+in the ones digit) vs hard from the step's own operands, not from the model's outcome. The toy slips only on hard
+steps, so a re-check after an easy step can only re-verify a right one: gated by this "this step is easy" probe,
+reflect-down cuts the re-checks that cannot catch anything and leaves those that can.
 `--gated-scale k` adds a gated arm at k x the preset's strength, to compare at a matched token saving.
 """
 
@@ -132,23 +136,28 @@ async def prompt_condition(url: str, labelled: list[Item], args: argparse.Namesp
 STEP = re.compile(r"(?m)^(\d+)([+-])(\d+)=(\d+)[^\n]*\n\n")
 
 
-def step_rows(prompt: str, completion: str) -> list[tuple[str, bool]]:
-    """(prompt + trace up to a step's delimiter, whether that step is right) for every step line of a trace."""
+def step_rows(prompt: str, completion: str) -> list[tuple[str, bool, bool]]:
+    """(prompt + trace up to a step's delimiter, whether that step is right, whether it is easy: no carry or
+    borrow in the ones digit, the only steps the toy slips on) for every step line of a trace."""
+    from research.toy.arith import is_hard
+
     rows = []
     for m in STEP.finditer(completion):
         a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
-        rows.append((prompt + completion[: m.end()], (a + b if op == "+" else a - b) == c))
+        right = (a + b if op == "+" else a - b) == c
+        rows.append((prompt + completion[: m.end()], right, not is_hard(a, op, b)))
     return rows
 
 
 async def step_condition(url: str, labelled: list[Item], args: argparse.Namespace) -> dict[str, Any]:
-    """Right vs slipped steps of the unsteered model's own traces, at each step's delimiter: a token-scoped probe."""
+    """A token-scoped probe at each step's delimiter of the unsteered model's own traces: right vs slipped steps
+    (`--probe step`), or easy vs hard steps (`--probe carry`)."""
     from openai import AsyncOpenAI
 
     gate = asyncio.Semaphore(args.concurrency)
     async with AsyncOpenAI(base_url=f"{url}/v1", api_key="none", timeout=600) as client:
 
-        async def one(item: Item) -> list[tuple[str, bool]]:
+        async def one(item: Item) -> list[tuple[str, bool, bool]]:
             prompt = rendered(item.prompt)
             async with gate:
                 out = await client.completions.create(
@@ -158,8 +167,13 @@ async def step_condition(url: str, labelled: list[Item], args: argparse.Namespac
             return step_rows(prompt, out.choices[0].text)
 
         rows = [row for rows in await asyncio.gather(*(one(i) for i in labelled)) for row in rows]
-    right = [text for text, ok in rows if ok]
-    slipped = [text for text, ok in rows if not ok]
+    if args.probe == "carry":
+        easy = [text for text, _, is_easy in rows if is_easy]
+        hard = [text for text, _, is_easy in rows if not is_easy]
+        description = "demo: the model's own step lines, easy (no carry or borrow) vs hard, at the step's delimiter"
+        return await build_condition(url, easy, hard, "last", description)
+    right = [text for text, ok, _ in rows if ok]
+    slipped = [text for text, ok, _ in rows if not ok]
     description = "demo: the model's own step lines, right vs slipped, at the step's delimiter"
     return await build_condition(url, right, slipped, "last", description)
 
@@ -212,17 +226,27 @@ def arm_summary(rows: list[dict[str, Any]], base: list[dict[str, Any]], draws: n
     }
 
 
+PROBE_TITLES = {
+    "prompt": "an easy-problem probe (prompt scope)",
+    "step": "a right-step probe (token scope)",
+    "carry": "an easy-step probe (token scope; easy = no carry or borrow)",
+}
+PROBE_ROWS = {
+    "prompt": "easy / {} hard prompts",
+    "step": "right / {} slipped step delimiters",
+    "carry": "easy / {} hard step delimiters",
+}
+
+
 def markdown(result: dict[str, Any]) -> str:
     def cell(row: dict[str, Any], digits: int = 3) -> str:
         return f"{row['mean']:.{digits}f} [{row['ci95'][0]:.{digits}f}, {row['ci95'][1]:.{digits}f}]"
 
     cond = result["condition"]
-    step = result.get("probe") == "step"
-    rows = "right / {} slipped step delimiters" if step else "easy / {} hard prompts"
+    probe = result.get("probe", "prompt")
+    rows = PROBE_ROWS[probe]
     lines = [
-        "# Reflection-down gated by "
-        + ("a right-step probe (token scope)" if step else "an easy-problem probe (prompt scope)")
-        + " vs ungated, on the toy demo model",
+        f"# Reflection-down gated by {PROBE_TITLES[probe]} vs ungated, on the toy demo model",
         "",
         f"Command: `{result['command']}`",
         f"{result['items']} held-out problems per arm, common seeds, temperature {result['temperature']}, max "
@@ -253,13 +277,49 @@ def markdown(result: dict[str, Any]) -> str:
         f"Paired, gated - reflect-down: accuracy {cell(diff['correct'])}, tokens {cell(diff['tokens'], 1)}",
         "",
     ]
+    matched = result.get("matched")
+    if matched:
+        at = result["gated_minus_ungated_at_matched_saving"]
+        by_scale = ", ".join(f"x{k}: {v:.1f}" for k, v in matched["ungated_tokens_by_scale"].items())
+        lines += [
+            f"Matched saving: on the extraction split the gated term averaged {matched['gated_tokens']:.1f} tokens; "
+            f"the ungated preset at each strength scale {by_scale}; the closest, x{matched['scale']:g}, was run on "
+            "the held-out problems (chosen by tokens only).",
+            "",
+            f"Paired, gated - ungated at the matched saving: accuracy {cell(at['correct'])}, tokens "
+            f"{cell(at['tokens'], 1)}",
+            "",
+        ]
     return "\n".join(lines) + "\n"
+
+
+def ungated_terms(gated_terms: list[dict[str, Any]], scale: float) -> list[dict[str, Any]]:
+    """The preset's terms without their condition, at `scale` x their strength."""
+    return [
+        {**{k: v for k, v in t.items() if k != "condition"}, "strength": scale * t["strength"]} for t in gated_terms
+    ]
+
+
+async def match_saving(
+    url: str, labelled: list[Item], gated_terms: list[dict[str, Any]], args: argparse.Namespace
+) -> dict[str, Any]:
+    """On the extraction split (never evaluated), by mean tokens only: the strength scale of the ungated preset
+    whose token count is closest to the gated term's. Accuracy plays no part in the choice."""
+    gated = await run_arm(url, labelled, {"steering": gated_terms}, BASE, args)
+    target = float(np.mean([r["tokens"] for r in gated]))
+    tokens = {}
+    for scale in args.match_scales:
+        rows = await run_arm(url, labelled, {"steering": ungated_terms(gated_terms, scale)}, BASE, args)
+        tokens[scale] = float(np.mean([r["tokens"] for r in rows]))
+    scale = min(tokens, key=lambda k: abs(tokens[k] - target))
+    return {"scale": scale, "gated_tokens": target, "ungated_tokens_by_scale": {str(k): v for k, v in tokens.items()}}
 
 
 async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     labelled = demo_items(args.label_items, split="extract")
-    condition = await (step_condition if args.probe == "step" else prompt_condition)(url, labelled, args)
+    condition = await (prompt_condition if args.probe == "prompt" else step_condition)(url, labelled, args)
+    matched = await match_saving(url, labelled, condition["terms"], args) if args.match_scales else None
     items = demo_items(args.items)
     draws = np.random.default_rng(0).integers(0, len(items), size=(ROUNDS, len(items)))
     unsteered = await run_arm(url, items, {}, BASE, args)
@@ -271,6 +331,14 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
         "reflect-down (ungated)": arm_summary(ungated, unsteered, draws),
         "gated": arm_summary(gated, unsteered, draws),
     }
+    diffs = {}
+    if matched is not None:
+        scale = matched["scale"]
+        weaker = await run_arm(url, items, {"steering": ungated_terms(condition["terms"], scale)}, BASE, args)
+        arms[f"reflect-down (ungated), strength x{scale:g}: matched saving"] = arm_summary(weaker, unsteered, draws)
+        diffs["gated_minus_ungated_at_matched_saving"] = {
+            key: paired(gated, weaker, key, draws) for key in ("correct", "tokens")
+        }
     if args.gated_scale != 1.0:
         rows_stronger = await run_arm(url, items, {"steering": stronger}, BASE, args)
         arms[f"gated, strength x{args.gated_scale:g}"] = arm_summary(rows_stronger, unsteered, draws)
@@ -289,6 +357,8 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
     return {
         **result_header(len(items), args, started),
         "condition": condition,
+        "matched": matched,
+        **diffs,
         "probe": args.probe,
         "fired": fired,
         "witness_forced_ungated": forced,
@@ -301,13 +371,20 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = demo_arguments(__doc__, "conditional_steering_demo")
     parser.add_argument("--label-items", type=int, default=600)
-    parser.add_argument("--probe", choices=("prompt", "step"), default="prompt", help="see above")
+    parser.add_argument("--probe", choices=("prompt", "step", "carry"), default="prompt", help="see above")
     parser.add_argument(
         "--gated-scale", type=float, default=1.0, help="also a gated arm at this multiple of the preset's strength"
     )
+    parser.add_argument(
+        "--match-scales",
+        type=lambda text: [float(x) for x in text.split(",") if x],
+        default=[],
+        help="comma-separated strength scales of the ungated preset; the one whose mean tokens on the extraction "
+        "split is closest to the gated term's becomes an extra held-out arm (a comparison at a matched saving)",
+    )
     args = parser.parse_args()
-    if args.probe == "step" and args.out == parser.get_default("out"):
-        args.out = args.out.with_name("conditional_steering_demo_step.json")
+    if args.probe != "prompt" and args.out == parser.get_default("out"):
+        args.out = args.out.with_name(f"conditional_steering_demo_{args.probe}.json")
     run_on_demo(args, measure, markdown)
 
 

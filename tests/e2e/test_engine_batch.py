@@ -67,6 +67,8 @@ async def run_mixed(engine: Any, max_tokens: int = 16) -> tuple[list[list[int]],
 
 
 async def test_unsteered_neighbours_are_token_identical(llama_engine: Any) -> None:
+    # the session's engine is shared: a test that forces a worker error (test_server_openai) may have run first
+    errors_before = [s["errors"] for s in await llama_engine.worker_stats()]
     mixed, plain = await run_mixed(llama_engine)
     plan = mixed_terms(llama_engine.shape.num_layers)
     for i, terms in enumerate(plan):
@@ -75,7 +77,7 @@ async def test_unsteered_neighbours_are_token_identical(llama_engine: Any) -> No
     changed = sum(mixed[i] != plain[i] for i, terms in enumerate(plan) if terms is not None)
     assert changed >= 4, f"only {changed} of 5 steered requests changed"
     stats = await llama_engine.worker_stats()
-    assert all(s["errors"] == 0 for s in stats), stats
+    assert [s["errors"] for s in stats] == errors_before, stats  # none during this batch
 
 
 async def test_unembedding_vector_forces_its_token(llama_engine: Any, tiny_llama: Path) -> None:
