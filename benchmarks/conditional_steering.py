@@ -167,15 +167,12 @@ async def step_condition(url: str, labelled: list[Item], args: argparse.Namespac
             return step_rows(prompt, out.choices[0].text)
 
         rows = [row for rows in await asyncio.gather(*(one(i) for i in labelled)) for row in rows]
-    if args.probe == "carry":
-        easy = [text for text, _, is_easy in rows if is_easy]
-        hard = [text for text, _, is_easy in rows if not is_easy]
-        description = "demo: the model's own step lines, easy (no carry or borrow) vs hard, at the step's delimiter"
-        return await build_condition(url, easy, hard, "last", description)
-    right = [text for text, ok, _ in rows if ok]
-    slipped = [text for text, ok, _ in rows if not ok]
-    description = "demo: the model's own step lines, right vs slipped, at the step's delimiter"
-    return await build_condition(url, right, slipped, "last", description)
+    label = 2 if args.probe == "carry" else 1  # the row's easy or right flag
+    positive = [row[0] for row in rows if row[label]]
+    negative = [row[0] for row in rows if not row[label]]
+    contrast = "easy (no carry or borrow) vs hard" if args.probe == "carry" else "right vs slipped"
+    description = f"demo: the model's own step lines, {contrast}, at the step's delimiter"
+    return await build_condition(url, positive, negative, "last", description)
 
 
 async def gate_fires(url: str, items: list[Item], condition: dict[str, Any] | None) -> list[bool]:
