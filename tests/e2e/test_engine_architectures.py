@@ -16,7 +16,7 @@ import torch
 
 from steering.errors import InvalidSteeringError
 from steering.spec import SteeringTerm, TokenPositions
-from tests.conftest import make_engine
+from tests.conftest import make_engine, stop_engine
 from tests.e2e.engine_helpers import random_vector, run
 from tests.e2e.test_engine_batch import mixed_terms, run_mixed
 from tests.e2e.test_engine_vs_reference import GENERATED, PROMPT, STRENGTH, TRIGGER, _check, _ref_terms
@@ -42,7 +42,7 @@ async def arch_engine(request: Any, model_cache_dir: Path, moe_engine: Any) -> A
     hf = AutoModelForCausalLM.from_pretrained(str(path), dtype="float32").eval()
     yield arch, engine, hf
     if not shared:
-        engine.shutdown(timeout=0)  # nothing in flight: no grace period
+        stop_engine(engine)
 
 
 async def test_architecture_matches_reference_and_isolates_neighbours(arch_engine: Any) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import make_engine
+from tests.conftest import make_engine, stop_engine
 from tests.e2e.test_engine_batch import mixed_terms, run_mixed
 
 pytestmark = pytest.mark.engine
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.engine
 async def compiled_engine(tiny_llama: Path) -> Any:
     engine = make_engine(tiny_llama, enforce_eager=False)
     yield engine
-    engine.shutdown(timeout=0)  # nothing in flight: no grace period
+    stop_engine(engine)
 
 
 async def test_compiled_equals_eager(compiled_engine: Any, llama_engine: Any) -> None:

@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import make_engine
+from tests.conftest import make_engine, stop_engine
 from tests.e2e.conftest import ADMIN, SERVED, serve_app, server_argv, vllm_app
 
 pytestmark = pytest.mark.engine
@@ -91,7 +91,7 @@ async def flags_engine(tiny_llama: Path) -> AsyncIterator[Any]:
         ),
     )
     yield engine
-    engine.shutdown(timeout=0)  # nothing in flight: no grace period
+    stop_engine(engine)
 
 
 @pytest.fixture(scope="module")

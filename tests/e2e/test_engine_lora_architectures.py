@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from steering.spec import SteeringTerm
-from tests.conftest import make_engine
+from tests.conftest import make_engine, stop_engine
 from tests.e2e.engine_helpers import random_vector, run
 from tests.e2e.test_engine_flags_steered import RANK, write_lora_adapter
 from tests.e2e.test_engine_vs_reference import PROMPT
@@ -33,7 +33,7 @@ async def lora_engine(request: Any, model_cache_dir: Path, tmp_path_factory: Any
     extra = (("block_size", 32), ("enable_lora", True), ("max_lora_rank", RANK), ("max_loras", 2))
     engine = make_engine(path, extra=extra)
     yield request.param, engine, LoRARequest(f"{request.param}-lora", 1, str(adapter))
-    engine.shutdown(timeout=0)  # nothing in flight: no grace period
+    stop_engine(engine)
 
 
 async def test_lora_and_steering_share_a_batch_each_equal_to_its_solo_run(lora_engine: Any) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from steering.config import EngineSteeringConfig
 from steering.spec import SteeringTerm
-from tests.conftest import make_engine
+from tests.conftest import make_engine, stop_engine
 from tests.e2e.engine_helpers import random_vector, run
 from tests.e2e.test_engine_batch import prompts
 
@@ -52,7 +52,7 @@ async def engines(request: Any, tiny_llama: Path, tiny_moe: Path, llama_engine: 
         ),
     )
     yield engine, roomy
-    engine.shutdown(timeout=0)  # nothing in flight: no grace period
+    stop_engine(engine)
 
 
 async def test_chunked_prefill_preemption_and_queueing_change_nothing(engines: Any) -> None:

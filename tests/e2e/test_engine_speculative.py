@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import make_engine
+from tests.conftest import make_engine, stop_engine
 from tests.e2e.engine_helpers import run
 from tests.e2e.test_engine_batch import mixed_terms, mixed_vectors, prompts
 
@@ -30,7 +30,7 @@ async def spec_engine(request: Any, tiny_llama: Path, llama_engine: Any) -> Any:
     extra = (("max_logprobs", -1), ("block_size", 32), ("speculative_config", speculative))
     engine = make_engine(tiny_llama, extra=extra)
     yield request.param, engine
-    engine.shutdown(timeout=0)  # nothing in flight: no grace period
+    stop_engine(engine)
 
 
 def spec_counts() -> tuple[float, float]:
