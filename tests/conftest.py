@@ -11,6 +11,7 @@ import pytest
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+IN_PROCESS_WORKER = "VLLM_ENABLE_V1_MULTIPROCESSING"
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +35,10 @@ def tiny_qwen2(model_cache_dir: Path) -> Path:
 
 
 def make_engine(model: Path, **overrides: object):  # type: ignore[no-untyped-def]
+    """A real engine with vLLM's single-process executor: the worker runs inside the engine core process, as vLLM
+    runs one GPU, so one spawned process starts instead of the CPU backend's default two (about 8 s less per
+    engine; vLLM allows it on CPU only with `VLLM_ENABLE_V1_MULTIPROCESSING=0`, set while the engine starts).
+    The servers test_cli_serve starts, and the tensor-parallel engines, run the CPU default: a worker process."""
     from steering.config import EngineSteeringConfig
     from steering.engine import EngineSettings, SteeringEngine
 
@@ -46,7 +51,15 @@ def make_engine(model: Path, **overrides: object):  # type: ignore[no-untyped-de
         extra=(("max_logprobs", -1), ("block_size", 32)),
     )
     settings.update(overrides)
-    return SteeringEngine.create(EngineSettings(**settings))  # type: ignore[arg-type]
+    saved = os.environ.get(IN_PROCESS_WORKER)
+    os.environ[IN_PROCESS_WORKER] = "0"
+    try:
+        return SteeringEngine.create(EngineSettings(**settings))  # type: ignore[arg-type]
+    finally:
+        if saved is None:
+            del os.environ[IN_PROCESS_WORKER]
+        else:
+            os.environ[IN_PROCESS_WORKER] = saved
 
 
 def stop_engine(engine: Any) -> None:
