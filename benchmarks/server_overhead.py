@@ -13,9 +13,13 @@ neighbouring A block; steered/unsteered ratios are paired within each repetition
 bootstrap 95 % CI, and time-to-first-token p50/p99. Throughput on this 2-core machine is shared with the load
 generator itself, so each repetition also records the CPU time the API server process (not its engine core
 child) spent per 1,000 generated tokens: the HTTP side's own cost, which is where steerserve adds its work.
+Once a server is up, its API process, its engine core process and this load generator are pinned to the cores
+vLLM's CPU backend reserves for them (all but the ones it bound the engine worker to; `--no-isolate` leaves
+them free), so that neither arm's HTTP side or load preempts the worker; this is how a CPU deployment is
+meant to run, and it takes the scheduler's placement out of the comparison.
 
     python benchmarks/server_overhead.py --reps 5 --cycles 2 --out benchmarks/results/server_overhead.json
-    python benchmarks/server_overhead.py --model smollm2-135m-instruct --reps 4 --cycles 1 \
+    python benchmarks/server_overhead.py --model smollm2-135m-instruct --reps 3 --cycles 4 \
         --out benchmarks/results/server_overhead_smollm2.json
 """
 
@@ -44,11 +48,19 @@ from tests.fixtures.processes import free_port  # noqa: E402
 from tests.fixtures.tiny import TinyModelSpec, build_tiny_model  # noqa: E402
 
 ARMS = ("vllm", "steerserve", "steerserve_steered")
+CORES = frozenset(os.sched_getaffinity(0))  # this machine's cores as this script found them (before any pinning)
 
 
 def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     handle = log.open("wb")
-    return subprocess.Popen(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, CORES),  # vLLM picks the worker's cores from what it may use
+    )
 
 
 async def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 600) -> None:
@@ -94,6 +106,34 @@ async def one_request(
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
     return ttft or 0.0, tokens
+
+
+def isolate_engine_worker(server_pid: int) -> list[int] | None:
+    """Keep the API server, its engine core process and this load generator (every thread of each) off the cores
+    vLLM bound the engine worker's threads to: vLLM's CPU backend reserves the other cores for exactly these
+    processes, but does not pin them, so either arm's HTTP side or load could preempt the worker. Returns the
+    cores they now run on (None: vLLM bound nothing, or everything)."""
+    import psutil
+
+    everything = set(CORES)
+    server = psutil.Process(server_pid)
+    processes = [server, *server.children(recursive=True)]
+    workers = [p for p in processes if "worker" in p.name().lower()]
+    bound: set[int] = set()
+    for worker in workers:
+        for thread in worker.threads():
+            mask = os.sched_getaffinity(thread.id)
+            if mask != everything:
+                bound |= mask
+    rest = everything - bound
+    if not bound or not rest:
+        return None
+    for process in [*processes, psutil.Process()]:
+        if process in workers:
+            continue
+        for thread in process.threads():
+            os.sched_setaffinity(thread.id, rest)
+    return sorted(rest)
 
 
 def api_cpu_seconds(pid: int) -> float:
@@ -188,6 +228,8 @@ async def run_block(
     runs: list[dict[str, Any]] = []
     try:
         await wait_healthy(url, proc)
+        cores = isolate_engine_worker(proc.pid) if args.isolate else None
+        print(f"block {block} {kind}: API server, engine core and load generator on cores {cores or 'any'}", flush=True)
         if kind != "vllm":
             config = json.loads((Path(model) / "config.json").read_text())
             hidden, layer = int(config["hidden_size"]), int(config["num_hidden_layers"]) // 2
@@ -207,7 +249,7 @@ async def run_block(
                 await asyncio.sleep(args.pause)
                 chosen = steering if "steered" in arm else None
                 result = await run_arm(url, "tiny", prompts, args.clients, args.max_tokens, chosen, proc.pid)
-                runs.append({"block": block, "rep": rep, "arm": arm, **result})
+                runs.append({"block": block, "rep": rep, "arm": arm, "api_cores": cores, **result})
                 print(
                     f"block {block} rep {rep} {arm:>20}: {result['tok_per_s']:8.1f} tok/s  ttft p50 "
                     f"{result['ttft_p50'] * 1000:.0f} ms p99 {result['ttft_p99'] * 1000:.0f} ms  API CPU "
@@ -288,6 +330,7 @@ def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str,
             "reps_per_block": args.reps,
             "blocks": len(blocks),
             "stream": True,
+            "isolated": args.isolate,
         },
         "ratios": {
             "steerserve_vs_vllm": ratio(vs_vllm),
@@ -345,6 +388,12 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--prompt-words", type=int, default=12)
     parser.add_argument("--pause", type=float, default=0.5)
+    parser.add_argument(
+        "--no-isolate",
+        dest="isolate",
+        action="store_false",
+        help="leave the API server and load generator free to run on the engine worker's core",
+    )
     parser.add_argument("--logs", default="/tmp/steerserve-server-bench")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/server_overhead.json"))
     parser.add_argument(
@@ -358,6 +407,7 @@ def resummarize(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     earlier = json.loads(path.read_text())
     workload = earlier["workload"]
     args.reps, args.requests, args.clients = workload["reps_per_block"], workload["requests"], workload["clients"]
+    args.isolate = workload.get("isolated", False)  # results from before the option ran unpinned
     args.max_tokens, args.model_description = workload["max_tokens"], earlier["model"].removesuffix(", 1 engine thread")
     args.command = earlier["command"]
     return summarize(args, earlier["runs"])
