@@ -51,15 +51,9 @@ def make_engine(model: Path, **overrides: object):  # type: ignore[no-untyped-de
         extra=(("max_logprobs", -1), ("block_size", 32)),
     )
     settings.update(overrides)
-    saved = os.environ.get(IN_PROCESS_WORKER)
-    os.environ[IN_PROCESS_WORKER] = "0"
-    try:
+    with pytest.MonkeyPatch.context() as patch:  # only this variable, and only while the engine starts
+        patch.setenv(IN_PROCESS_WORKER, "0")
         return SteeringEngine.create(EngineSettings(**settings))  # type: ignore[arg-type]
-    finally:
-        if saved is None:
-            del os.environ[IN_PROCESS_WORKER]
-        else:
-            os.environ[IN_PROCESS_WORKER] = saved
 
 
 def stop_engine(engine: Any) -> None:
