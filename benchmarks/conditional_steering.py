@@ -43,7 +43,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -136,16 +136,22 @@ async def prompt_condition(url: str, labelled: list[Item], args: argparse.Namesp
 STEP = re.compile(r"(?m)^(\d+)([+-])(\d+)=(\d+)[^\n]*\n\n")
 
 
-def step_rows(prompt: str, completion: str) -> list[tuple[str, bool, bool]]:
-    """(prompt + trace up to a step's delimiter, whether that step is right, whether it is easy: no carry or
-    borrow in the ones digit, the only steps the toy slips on) for every step line of a trace."""
+class StepRow(NamedTuple):
+    """One step line of a trace: the prompt and trace up to its delimiter, and its labels."""
+
+    text: str
+    right: bool  # c = a ± b
+    easy: bool  # no carry or borrow in the ones digit (the toy slips only on the other steps)
+
+
+def step_rows(prompt: str, completion: str) -> list[StepRow]:
     from research.toy.arith import is_hard
 
     rows = []
     for m in STEP.finditer(completion):
         a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
         right = (a + b if op == "+" else a - b) == c
-        rows.append((prompt + completion[: m.end()], right, not is_hard(a, op, b)))
+        rows.append(StepRow(prompt + completion[: m.end()], right, not is_hard(a, op, b)))
     return rows
 
 
@@ -157,7 +163,7 @@ async def step_condition(url: str, labelled: list[Item], args: argparse.Namespac
     gate = asyncio.Semaphore(args.concurrency)
     async with AsyncOpenAI(base_url=f"{url}/v1", api_key="none", timeout=600) as client:
 
-        async def one(item: Item) -> list[tuple[str, bool, bool]]:
+        async def one(item: Item) -> list[StepRow]:
             prompt = rendered(item.prompt)
             async with gate:
                 out = await client.completions.create(
@@ -167,9 +173,9 @@ async def step_condition(url: str, labelled: list[Item], args: argparse.Namespac
             return step_rows(prompt, out.choices[0].text)
 
         rows = [row for rows in await asyncio.gather(*(one(i) for i in labelled)) for row in rows]
-    label = 2 if args.probe == "carry" else 1  # the row's easy or right flag
-    positive = [row[0] for row in rows if row[label]]
-    negative = [row[0] for row in rows if not row[label]]
+    label = "easy" if args.probe == "carry" else "right"
+    positive = [row.text for row in rows if getattr(row, label)]
+    negative = [row.text for row in rows if not getattr(row, label)]
     contrast = "easy (no carry or borrow) vs hard" if args.probe == "carry" else "right vs slipped"
     description = f"demo: the model's own step lines, {contrast}, at the step's delimiter"
     return await build_condition(url, positive, negative, "last", description)

@@ -115,7 +115,6 @@ def isolate_engine_worker(server_pid: int) -> list[int] | None:
     cores they now run on (None: vLLM bound nothing, or everything)."""
     import psutil
 
-    everything = set(CORES)
     server = psutil.Process(server_pid)
     processes = [server, *server.children(recursive=True)]
     workers = [p for p in processes if "worker" in p.name().lower()]
@@ -123,9 +122,9 @@ def isolate_engine_worker(server_pid: int) -> list[int] | None:
     for worker in workers:
         for thread in worker.threads():
             mask = os.sched_getaffinity(thread.id)
-            if mask != everything:
+            if mask != CORES:
                 bound |= mask
-    rest = everything - bound
+    rest = CORES - bound
     if not bound or not rest:
         return None
     for process in [*processes, psutil.Process()]:
