@@ -87,7 +87,7 @@ def rendered(prompt: str) -> str:
 
 
 async def build_condition(
-    url: str, positive: list[str], negative: list[str], pool: str, description: str
+    url: str, positive: list[str], negative: list[str], pool: str, description: str, method: str
 ) -> dict[str, Any]:
     """An extraction job (positive vs negative texts, every layer), then the preset's terms gated by its vector at
     the scan's recommended layer with the stored threshold and scope."""
@@ -95,6 +95,7 @@ async def build_condition(
         job = await client.extract(
             {
                 "id": PROBE,
+                "method": method,
                 "positive": positive,
                 "negative": negative,
                 "text_pool": pool,
@@ -120,6 +121,8 @@ async def build_condition(
         "threshold": result["condition"]["thresholds"][str(layer)],
         "scope": result["condition"]["scope"],
         "probe_accuracy_held_out": scan[layer]["probe_accuracy"],
+        "method": method,
+        "gate_accuracy": result["condition_accuracy"][str(layer)],
         "terms": terms,
     }
 
@@ -130,7 +133,7 @@ async def prompt_condition(url: str, labelled: list[Item], args: argparse.Namesp
     easy = [rendered(i.prompt) for i, r in zip(labelled, rows, strict=True) if r["correct"]]
     hard = [rendered(i.prompt) for i, r in zip(labelled, rows, strict=True) if not r["correct"]]
     description = "demo: prompts the unsteered model solves (easy) vs fails (hard)"
-    return await build_condition(url, easy, hard, "mean", description)
+    return await build_condition(url, easy, hard, "mean", description, args.method)
 
 
 STEP = re.compile(r"(?m)^(\d+)([+-])(\d+)=(\d+)[^\n]*\n\n")
@@ -178,7 +181,7 @@ async def step_condition(url: str, labelled: list[Item], args: argparse.Namespac
     negative = [row.text for row in rows if not getattr(row, label)]
     contrast = "easy (no carry or borrow) vs hard" if args.probe == "carry" else "right vs slipped"
     description = f"demo: the model's own step lines, {contrast}, at the step's delimiter"
-    return await build_condition(url, positive, negative, "last", description)
+    return await build_condition(url, positive, negative, "last", description, args.method)
 
 
 async def gate_fires(url: str, items: list[Item], condition: dict[str, Any] | None) -> list[bool]:
@@ -252,11 +255,19 @@ def markdown(result: dict[str, Any]) -> str:
         f"# Reflection-down gated by {PROBE_TITLES[probe]} vs ungated, on the toy demo model",
         "",
         f"Command: `{result['command']}`",
-        f"{result['items']} held-out problems per arm, common seeds, temperature {result['temperature']}, max "
-        f"{result['max_tokens']} tokens; {result['seconds']} s. 95 % CIs: bootstrap over problems.",
+        f"{result['items']} held-out problems per arm"
+        + (f" x {samples} seeded samples each (per-problem means)" if (samples := result.get("samples", 1)) > 1 else "")
+        + f", common seeds, temperature {result['temperature']}, max {result['max_tokens']} tokens; "
+        f"{result['seconds']} s. 95 % CIs: bootstrap over problems.",
         f"Condition: extracted from {cond['positive']} {rows.format(cond['negative'])} (extraction split); "
         f"layer {cond['layer']} (held-out probe balanced accuracy {cond['probe_accuracy_held_out']:.3f}), "
         f"threshold {cond['threshold']:.4f}, scope {cond['scope']}."
+        + (
+            ""
+            if "gate_accuracy" not in cond
+            else f" The gate: the {cond['method']} direction cut at the threshold, balanced accuracy "
+            f"{cond['gate_accuracy']:.3f} on the extraction rows."
+        )
         + (
             ""
             if result["fired"] is None
@@ -282,14 +293,17 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     matched = result.get("matched")
     if matched:
+        scale = result.get("gated_scale", 1.0)
+        gated_at = "" if scale == 1.0 else f" (strength x{scale:g})"
         at = result["gated_minus_ungated_at_matched_saving"]
         by_scale = ", ".join(f"x{k}: {v:.1f}" for k, v in matched["ungated_tokens_by_scale"].items())
         lines += [
-            f"Matched saving: on the extraction split the gated term averaged {matched['gated_tokens']:.1f} tokens; "
+            f"Matched saving: on the extraction split the gated term{gated_at} averaged {matched['gated_tokens']:.1f} "
+            "tokens; "
             f"the ungated preset at each strength scale {by_scale}; the closest, x{matched['scale']:g}, was run on "
             "the held-out problems (chosen by tokens only).",
             "",
-            f"Paired, gated - ungated at the matched saving: accuracy {cell(at['correct'])}, tokens "
+            f"Paired, gated{gated_at} - ungated at the matched saving: accuracy {cell(at['correct'])}, tokens "
             f"{cell(at['tokens'], 1)}",
             "",
         ]
@@ -303,12 +317,16 @@ def ungated_terms(gated_terms: list[dict[str, Any]], scale: float) -> list[dict[
     ]
 
 
+def scaled(terms: list[dict[str, Any]], scale: float) -> list[dict[str, Any]]:
+    return [{**t, "strength": scale * t["strength"]} for t in terms]
+
+
 async def match_saving(
     url: str, labelled: list[Item], gated_terms: list[dict[str, Any]], args: argparse.Namespace
 ) -> dict[str, Any]:
     """On the extraction split (never evaluated), by mean tokens only: the strength scale of the ungated preset
-    whose token count is closest to the gated term's. Accuracy plays no part in the choice."""
-    gated = await run_arm(url, labelled, {"steering": gated_terms}, BASE, args)
+    whose token count is closest to the gated terms' at `--gated-scale`. Accuracy plays no part in the choice."""
+    gated = await run_arm(url, labelled, {"steering": scaled(gated_terms, args.gated_scale)}, BASE, args)
     target = float(np.mean([r["tokens"] for r in gated]))
     tokens = {}
     for scale in args.match_scales:
@@ -318,6 +336,18 @@ async def match_saving(
     return {"scale": scale, "gated_tokens": target, "ungated_tokens_by_scale": {str(k): v for k, v in tokens.items()}}
 
 
+async def per_problem(
+    url: str, items: list[Item], extra: dict[str, Any], model: str, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """`--samples` seeded samples of each problem, folded to one row per problem (mean correctness and tokens), so
+    that the bootstrap over problems keeps a problem's samples together."""
+    samples = [await run_arm(url, items, extra, model, args, sample=k) for k in range(args.samples)]
+    return [
+        {"item": rows[0]["item"], **{key: float(np.mean([r[key] for r in rows])) for key in ("correct", "tokens")}}
+        for rows in zip(*samples, strict=True)
+    ]
+
+
 async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     labelled = demo_items(args.label_items, split="extract")
@@ -325,26 +355,31 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
     matched = await match_saving(url, labelled, condition["terms"], args) if args.match_scales else None
     items = demo_items(args.items)
     draws = np.random.default_rng(0).integers(0, len(items), size=(ROUNDS, len(items)))
-    unsteered = await run_arm(url, items, {}, BASE, args)
-    ungated = await run_arm(url, items, {}, "reflect-down", args)
-    gated = await run_arm(url, items, {"steering": condition["terms"]}, BASE, args)
-    stronger = [{**t, "strength": args.gated_scale * t["strength"]} for t in condition["terms"]]
+    unsteered = await per_problem(url, items, {}, BASE, args)
+    ungated = await per_problem(url, items, {}, "reflect-down", args)
+    gated = await per_problem(url, items, {"steering": condition["terms"]}, BASE, args)
     arms = {
         "unsteered": arm_summary(unsteered, unsteered, draws),
         "reflect-down (ungated)": arm_summary(ungated, unsteered, draws),
         "gated": arm_summary(gated, unsteered, draws),
     }
+    rows = {"unsteered": unsteered, "ungated": ungated, "gated": gated}
+    if args.gated_scale != 1.0:
+        stronger = scaled(condition["terms"], args.gated_scale)
+        rows["gated_scaled"] = await per_problem(url, items, {"steering": stronger}, BASE, args)
+        arms[f"gated, strength x{args.gated_scale:g}"] = arm_summary(rows["gated_scaled"], unsteered, draws)
     diffs = {}
     if matched is not None:
         scale = matched["scale"]
-        weaker = await run_arm(url, items, {"steering": ungated_terms(condition["terms"], scale)}, BASE, args)
-        arms[f"reflect-down (ungated), strength x{scale:g}: matched saving"] = arm_summary(weaker, unsteered, draws)
+        weaker = ungated_terms(condition["terms"], scale)
+        rows["matched"] = await per_problem(url, items, {"steering": weaker}, BASE, args)
+        arms[f"reflect-down (ungated), strength x{scale:g}: matched saving"] = arm_summary(
+            rows["matched"], unsteered, draws
+        )
+        against = rows.get("gated_scaled", gated)  # the arm the saving was matched to
         diffs["gated_minus_ungated_at_matched_saving"] = {
-            key: paired(gated, weaker, key, draws) for key in ("correct", "tokens")
+            key: paired(against, rows["matched"], key, draws) for key in ("correct", "tokens")
         }
-    if args.gated_scale != 1.0:
-        rows_stronger = await run_arm(url, items, {"steering": stronger}, BASE, args)
-        arms[f"gated, strength x{args.gated_scale:g}"] = arm_summary(rows_stronger, unsteered, draws)
     fired = forced = None
     if args.probe == "prompt":
         await push_witness(url)
@@ -359,15 +394,17 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
     diff = {key: paired(gated, ungated, key, draws) for key in ("correct", "tokens")}
     return {
         **result_header(len(items), args, started),
+        "samples": args.samples,
         "condition": condition,
         "matched": matched,
         **diffs,
         "probe": args.probe,
+        "gated_scale": args.gated_scale,
         "fired": fired,
         "witness_forced_ungated": forced,
         "arms": arms,
         "gated_minus_ungated": diff,
-        "rows": {"unsteered": unsteered, "ungated": ungated, "gated": gated},
+        "rows": rows,
     }
 
 
@@ -376,7 +413,19 @@ def main() -> None:
     parser.add_argument("--label-items", type=int, default=600)
     parser.add_argument("--probe", choices=("prompt", "step", "carry"), default="prompt", help="see above")
     parser.add_argument(
-        "--gated-scale", type=float, default=1.0, help="also a gated arm at this multiple of the preset's strength"
+        "--gated-scale",
+        type=float,
+        default=1.0,
+        help="also a gated arm at this multiple of the preset's strength (the arm --match-scales is matched to)",
+    )
+    parser.add_argument(
+        "--method",
+        choices=("diffmean", "probe"),
+        default="diffmean",
+        help="the condition vector's extraction method (probe: a logistic probe's direction)",
+    )
+    parser.add_argument(
+        "--samples", type=int, default=1, help="seeded samples per held-out problem (folded to per-problem means)"
     )
     parser.add_argument(
         "--match-scales",

@@ -38,8 +38,9 @@ ROUNDS = 4000
 
 
 async def run_arm(
-    url: str, items: list[Item], extra: dict[str, Any], model: str, args: argparse.Namespace
+    url: str, items: list[Item], extra: dict[str, Any], model: str, args: argparse.Namespace, sample: int = 0
 ) -> list[dict[str, Any]]:
+    """One chat request per item (seeded by item, `sample` and `--seed`: the same draws in every arm)."""
     from openai import AsyncOpenAI
 
     gate = asyncio.Semaphore(args.concurrency)
@@ -52,7 +53,7 @@ async def run_arm(
                     messages=[{"role": "user", "content": item.prompt}],
                     max_tokens=args.max_tokens,
                     temperature=args.temperature,
-                    seed=sample_seed(item, 0, args.seed),
+                    seed=sample_seed(item, sample, args.seed),
                     extra_body=extra or None,
                 )
             choice, usage = answer.choices[0], answer.usage

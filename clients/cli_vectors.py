@@ -41,7 +41,7 @@ def extract(
     limit: Annotated[int | None, typer.Option(help="Problems to use.")] = None,
     positive: Annotated[Path | None, typer.Option(help="Texts with the behaviour (lines or JSONL).")] = None,
     negative: Annotated[Path | None, typer.Option(help="Texts without it (lines or JSONL).")] = None,
-    method: Annotated[str, typer.Option(help="diffmean | pca.")] = "diffmean",
+    method: Annotated[str, typer.Option(help="diffmean | pca | probe (a condition's gate).")] = "diffmean",
     layers: Annotated[str | None, typer.Option(help="Comma-separated layers to store (default: recommended).")] = None,
     samples: Annotated[int, typer.Option(help="Traces per problem.")] = 1,
     temperature: Annotated[

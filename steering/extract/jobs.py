@@ -122,6 +122,9 @@ class ExtractionJobs:
                     "scan": [s.to_json() for s in outcome.scan],
                     "mean_norm": {str(k): v for k, v in outcome.mean_norms.items()},
                     "condition": defaults.condition.model_dump(mode="json") if defaults.condition else None,
+                    # per layer: the balanced accuracy of the stored direction cut at its threshold (the gate a
+                    # condition applies), on the extraction's own rows
+                    "condition_accuracy": {str(k): round(a, 6) for k, (_, a) in outcome.thresholds.items()},
                 }
                 await self._update(job, status="succeeded", stage="done", progress=1.0, result=result)
             except Exception as exc:  # noqa: BLE001 - every failure ends in the job's document

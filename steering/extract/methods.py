@@ -3,7 +3,10 @@
 `diffmean`: mean(positive) − mean(negative), raw (the seed paper's vector). `pca`: the first principal
 component of paired differences (positive_i − negative_j over random pairs, each given a random sign as in
 RepE, so the concept shows as variance rather than as a mean), signed so positives project higher and scaled
-to the mean difference's length along it. The scan reports, per
+to the mean difference's length along it. `probe`: the weight vector of an L2 logistic probe fitted on every row
+(in the activations' own coordinates), signed and scaled the same way: the direction that best separates the two
+classes rather than the one between their means, which is what a `condition` gate cuts on (a difference of means
+is pulled towards the directions where activations vary most). The scan reports, per
 layer, a held-out logistic-probe balanced accuracy, the cosine of the class means, the difference norm and
 the mean activation norm (so a strength can be read against the stream's scale).
 """
@@ -17,7 +20,7 @@ import numpy.typing as npt
 from scipy.optimize import minimize
 
 Matrix = npt.NDArray[np.float64]
-METHODS = ("diffmean", "pca")
+METHODS = ("diffmean", "pca", "probe")
 
 
 def diffmean(positive: Matrix, negative: Matrix) -> Matrix:
@@ -31,12 +34,22 @@ def pca_direction(positive: Matrix, negative: Matrix, seed: int = 0) -> Matrix:
     diffs *= rng.choice([-1.0, 1.0], size=(pairs, 1))
     centred = diffs - diffs.mean(axis=0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    component = vt[0]
-    mean_diff = diffmean(positive, negative)
-    along = float(mean_diff @ component)
+    return scaled_along_means(vt[0], positive, negative)
+
+
+def scaled_along_means(axis: Matrix, positive: Matrix, negative: Matrix) -> Matrix:
+    """`axis` as a unit vector, signed so positives project higher on average and scaled to the mean difference's
+    length along it (a steering strength then means the same for every method)."""
+    unit = axis / (np.linalg.norm(axis) + 1e-12)
+    along = float(diffmean(positive, negative) @ unit)
     if along < 0:
-        component, along = -component, -along
-    return np.asarray(component * along)
+        unit, along = -unit, -along
+    return np.asarray(unit * along)
+
+
+def probe_direction(positive: Matrix, negative: Matrix) -> Matrix:
+    weights, _ = fit_probe(positive, negative)
+    return scaled_along_means(weights, positive, negative)
 
 
 def direction(method: str, positive: Matrix, negative: Matrix, seed: int = 0) -> Matrix:
@@ -44,7 +57,33 @@ def direction(method: str, positive: Matrix, negative: Matrix, seed: int = 0) ->
         return diffmean(positive, negative)
     if method == "pca":
         return pca_direction(positive, negative, seed)
+    if method == "probe":
+        return probe_direction(positive, negative)
     raise ValueError(f"method must be one of {METHODS}")
+
+
+def fit_probe(positive: Matrix, negative: Matrix, l2: float = 1.0) -> tuple[Matrix, float]:
+    """An L2 logistic probe (classes weighted equally, features standardised for the fit), returned in the rows'
+    own coordinates: (w, b) with w·x + b > 0 for the positive class."""
+    x = np.vstack([positive, negative])
+    y = np.concatenate([np.ones(len(positive)), np.zeros(len(negative))])
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    xs = (x - mean) / scale
+    weights = np.where(y == 1, 0.5 / len(positive), 0.5 / len(negative))  # balanced classes
+
+    def loss(params: Matrix) -> tuple[float, Matrix]:
+        w, b = params[:-1], params[-1]
+        z = xs @ w + b
+        p = 1 / (1 + np.exp(-np.clip(z, -30, 30)))
+        nll = -np.sum(weights * (y * np.log(p + 1e-12) + (1 - y) * np.log(1 - p + 1e-12)))
+        grad_z = weights * (p - y)
+        reg = l2 / len(y)
+        grad = np.concatenate([xs.T @ grad_z + reg * w, [grad_z.sum()]])
+        return float(nll + 0.5 * reg * w @ w), grad
+
+    fitted = minimize(loss, np.zeros(xs.shape[1] + 1), jac=True, method="L-BFGS-B", options={"maxiter": 200})
+    w = fitted.x[:-1] / scale
+    return np.asarray(w), float(fitted.x[-1] - mean @ w)
 
 
 def probe_accuracy(positive: Matrix, negative: Matrix, seed: int = 0, held_out: float = 0.3, l2: float = 1.0) -> float:
@@ -60,29 +99,8 @@ def probe_accuracy(positive: Matrix, negative: Matrix, seed: int = 0, held_out: 
     neg_train, neg_test = split(negative)
     if len(pos_train) == 0 or len(neg_train) == 0:
         return float("nan")
-    x = np.vstack([pos_train, neg_train])
-    y = np.concatenate([np.ones(len(pos_train)), np.zeros(len(neg_train))])
-    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
-    xs = (x - mean) / scale
-    weights = np.where(y == 1, 0.5 / len(pos_train), 0.5 / len(neg_train))  # balanced classes
-
-    def loss(params: Matrix) -> tuple[float, Matrix]:
-        w, b = params[:-1], params[-1]
-        z = xs @ w + b
-        p = 1 / (1 + np.exp(-np.clip(z, -30, 30)))
-        nll = -np.sum(weights * (y * np.log(p + 1e-12) + (1 - y) * np.log(1 - p + 1e-12)))
-        grad_z = weights * (p - y)
-        reg = l2 / len(y)
-        grad = np.concatenate([xs.T @ grad_z + reg * w, [grad_z.sum()]])
-        return float(nll + 0.5 * reg * w @ w), grad
-
-    fitted = minimize(loss, np.zeros(xs.shape[1] + 1), jac=True, method="L-BFGS-B", options={"maxiter": 200})
-    w, b = fitted.x[:-1], fitted.x[-1]
-
-    def predict(rows: Matrix) -> npt.NDArray[np.bool_]:
-        return np.asarray(((rows - mean) / scale) @ w + b > 0)
-
-    return float(0.5 * predict(pos_test).mean() + 0.5 * (~predict(neg_test)).mean())
+    w, b = fit_probe(pos_train, neg_train, l2)
+    return float(0.5 * (pos_test @ w + b > 0).mean() + 0.5 * (neg_test @ w + b <= 0).mean())
 
 
 def condition_threshold(positive: Matrix, negative: Matrix, vector: Matrix) -> tuple[float, float]:

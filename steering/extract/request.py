@@ -22,7 +22,11 @@ class ExtractionRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     id: str = Field(description="Vector id to store the result under (a new version if it exists).")
-    method: Literal["diffmean", "pca"] = "diffmean"
+    method: Literal["diffmean", "pca", "probe"] = Field(
+        default="diffmean",
+        description="diffmean (the seed paper's), pca, or probe (a logistic probe's weights: the best gate for a "
+        "`condition`).",
+    )
     site: Literal["residual", "mlp"] = Field(
         default="residual",
         description="Where activations are read: the residual stream after the block, or the block's MLP output.",

@@ -343,6 +343,21 @@ async def test_reasoning_sections_and_reflection_metrics(
         await task
 
 
+async def extracted(http: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
+    """Start an extraction job (202) and wait for it to succeed; its result."""
+    created = await http.post("/v1/steering/vectors/extract", json=body)
+    assert created.status_code == 202, created.text
+    job = created.json()
+    for _ in range(600):
+        job = (await http.get(f"/v1/steering/jobs/{job['id']}")).json()
+        if job["status"] not in ("queued", "running"):
+            break
+        await asyncio.sleep(0.2)
+    assert job["status"] == "succeeded", job
+    result: dict[str, Any] = job["result"]
+    return result
+
+
 async def test_extraction_job_and_experiment_over_http(server: str, llama_engine: Any) -> None:
     from openai import AsyncOpenAI
 
@@ -360,16 +375,7 @@ async def test_extraction_job_and_experiment_over_http(server: str, llama_engine
         assert refused.status_code == 403
         bad = await http.post("/v1/steering/vectors/extract", json={"id": "x", "positive": ["a"]})
         assert bad.status_code == 400 and set(bad.json()["error"]) == {"message", "type", "param", "code"}
-        created = await http.post("/v1/steering/vectors/extract", json=body)
-        assert created.status_code == 202, created.text
-        job = created.json()
-        for _ in range(600):
-            job = (await http.get(f"/v1/steering/jobs/{job['id']}")).json()
-            if job["status"] not in ("queued", "running"):
-                break
-            await asyncio.sleep(0.2)
-        assert job["status"] == "succeeded", job
-        result = job["result"]
+        result = await extracted(http, body)
         assert result["layers"] == [1, llama_engine.shape.num_layers - 1] and len(result["scan"]) == 4
         assert result["counts"] == {"positive_texts": 12, "negative_texts": 12}
         info = (await http.get("/v1/steering/vectors/tone")).json()
@@ -377,6 +383,12 @@ async def test_extraction_job_and_experiment_over_http(server: str, llama_engine
         # the probe's threshold per stored layer, for mean-pooled texts a prompt-scoped condition
         condition = info["defaults"]["condition"]
         assert condition["scope"] == "prompt" and set(condition["thresholds"]) == {"1", str(result["layers"][1])}
+        # a gate extracted as a logistic probe's direction separates the rows at least as well as the pca one
+        accuracy = (await extracted(http, {**body, "id": "tone-gate", "method": "probe"}))["condition_accuracy"]
+        assert (
+            set(accuracy) == {str(layer) for layer in range(4)} and accuracy["1"] >= result["condition_accuracy"]["1"]
+        )
+        assert (await http.get("/v1/steering/vectors/tone-gate")).json()["provenance"]["method"] == "probe"
         gated = await http.post(
             "/v1/completions",
             json={

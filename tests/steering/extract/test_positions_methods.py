@@ -10,6 +10,7 @@ from steering.extract.methods import (
     diffmean,
     pca_direction,
     probe_accuracy,
+    probe_direction,
     recommend_layer,
     scan_layer,
 )
@@ -72,3 +73,27 @@ def test_condition_threshold_is_the_best_cut_on_the_projection() -> None:
         other = 0.5 * ((positive @ unit > shifted).mean() + (negative @ unit <= shifted).mean())
         assert other <= accuracy
     assert condition_threshold(negative, positive, diffmean(negative, positive))[1] == pytest.approx(accuracy)
+
+
+def test_probe_direction_separates_where_the_difference_of_means_is_pulled_by_noise() -> None:
+    # the classes differ along a quiet axis (1) and, by more, along a noisy one (0), whose noise is shared with a
+    # third axis: the mean difference leans on the noisy axis, a logistic probe cancels the shared noise
+    rng = np.random.default_rng(5)
+    rows = 2000
+
+    def sample(shift: float) -> np.ndarray:
+        noise = 4.0 * rng.standard_normal(rows)
+        x = 0.3 * rng.standard_normal((rows, 4))
+        x[:, 0] += noise + 2.0 * shift
+        x[:, 2] += noise
+        x[:, 1] += 0.5 * shift
+        return x
+
+    positive, negative = sample(1.0), sample(0.0)
+    _, by_means = condition_threshold(positive, negative, diffmean(positive, negative))
+    probe = probe_direction(positive, negative)
+    _, by_probe = condition_threshold(positive, negative, probe)
+    assert by_means < 0.7 and by_probe > 0.95
+    unit = probe / np.linalg.norm(probe)  # signed and scaled as the other methods: positives project higher, by
+    assert np.linalg.norm(probe) == pytest.approx(diffmean(positive, negative) @ unit)  # the means' gap along it
+    assert diffmean(positive, negative) @ unit > 0
