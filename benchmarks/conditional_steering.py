@@ -310,15 +310,14 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def scaled(terms: list[dict[str, Any]], scale: float) -> list[dict[str, Any]]:
+    """The terms at `scale` x their strength."""
+    return [{**t, "strength": scale * t["strength"]} for t in terms]
+
+
 def ungated_terms(gated_terms: list[dict[str, Any]], scale: float) -> list[dict[str, Any]]:
     """The preset's terms without their condition, at `scale` x their strength."""
-    return [
-        {**{k: v for k, v in t.items() if k != "condition"}, "strength": scale * t["strength"]} for t in gated_terms
-    ]
-
-
-def scaled(terms: list[dict[str, Any]], scale: float) -> list[dict[str, Any]]:
-    return [{**t, "strength": scale * t["strength"]} for t in terms]
+    return scaled([{k: v for k, v in t.items() if k != "condition"} for t in gated_terms], scale)
 
 
 async def match_saving(

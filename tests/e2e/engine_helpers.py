@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from collections.abc import Mapping, Sequence
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import torch
 
@@ -88,3 +90,21 @@ async def run(
             ids = torch.tensor(list(row.keys()))
             matrix[i, ids] = torch.tensor([lp.logprob for lp in row.values()])
     return Result(list(completion.token_ids), matrix, int(final.num_cached_tokens or 0), completion.finish_reason)
+
+
+async def extracted(
+    http: httpx.AsyncClient, body: dict[str, Any], headers: dict[str, str] | None = None, every: float = 0.2
+) -> dict[str, Any]:
+    """Start an extraction job over HTTP (202), poll it (600 times, `every` seconds apart) until it ends, and
+    return its result; it must have succeeded."""
+    created = await http.post("/v1/steering/vectors/extract", json=body, headers=headers)
+    assert created.status_code == 202, created.text
+    job = created.json()
+    for _ in range(600):
+        job = (await http.get(f"/v1/steering/jobs/{job['id']}", headers=headers)).json()
+        if job["status"] not in ("queued", "running"):
+            break
+        await asyncio.sleep(every)
+    assert job["status"] == "succeeded", job
+    result: dict[str, Any] = job["result"]
+    return result

@@ -16,7 +16,7 @@ import torch
 
 from steering.spec import SteeringTerm
 from steering.vectors import SteeringVector
-from tests.e2e.engine_helpers import lookup_in, random_vector
+from tests.e2e.engine_helpers import extracted, lookup_in, random_vector
 from tests.steering.hf_reference import RefTerm, reference_logprobs
 
 pytestmark = pytest.mark.engine
@@ -161,15 +161,9 @@ async def test_vector_from_the_servers_extraction_job_moves_topic_words_monotoni
             "negative": texts(PEAKS),
             "defaults": {"op": "add", "site": "residual", "strength": 1.0},
         }
-        job = (await client.post("/v1/steering/vectors/extract", json=body, headers=admin)).json()
-        for _ in range(600):
-            job = (await client.get(f"/v1/steering/jobs/{job['id']}")).json()
-            if job["status"] in ("succeeded", "failed"):
-                break
-            await asyncio.sleep(0.5)
-        assert job["status"] == "succeeded", job
+        result = await extracted(client, body, headers=admin, every=0.5)
         _, vector = await app.state.steerserve.registry.vector("sea", None)
-        layer = job["result"]["layers"][0]
+        layer = result["layers"][0]
         assert set(vector.layers) == {layer}
     tok = smol_engine.tokenizer
     sea_ids = [tok.encode(f" {w}")[0] for w in ("ocean", "sea", "beach", "waves")]

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import ADMIN, SERVED
-from tests.e2e.engine_helpers import forcing_direction
+from tests.e2e.engine_helpers import extracted, forcing_direction
 
 pytestmark = pytest.mark.engine
 
@@ -341,21 +341,6 @@ async def test_reasoning_sections_and_reflection_metrics(
     finally:
         uv.should_exit = True
         await task
-
-
-async def extracted(http: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
-    """Start an extraction job (202) and wait for it to succeed; its result."""
-    created = await http.post("/v1/steering/vectors/extract", json=body)
-    assert created.status_code == 202, created.text
-    job = created.json()
-    for _ in range(600):
-        job = (await http.get(f"/v1/steering/jobs/{job['id']}")).json()
-        if job["status"] not in ("queued", "running"):
-            break
-        await asyncio.sleep(0.2)
-    assert job["status"] == "succeeded", job
-    result: dict[str, Any] = job["result"]
-    return result
 
 
 async def test_extraction_job_and_experiment_over_http(server: str, llama_engine: Any) -> None:
